@@ -1,0 +1,16 @@
+"""CLI: bench (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import typer
+
+from sovcli.errors import SovcliError
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
+
+    @app.command("bench")
+    def _bench() -> None:
+        """Not built yet."""
+        raise SovcliError("'bench' is not built yet")

@@ -1,0 +1,16 @@
+"""CLI: serve (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import typer
+
+from sovcli.errors import SovcliError
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
+
+    @app.command("serve")
+    def _serve() -> None:
+        """Not built yet."""
+        raise SovcliError("'serve' is not built yet")
