@@ -35,7 +35,9 @@ class UsageError(SovcliError):
 class InvalidNameError(UsageError):
     """A model name or tag that could escape the store or is malformed."""
 
-    default_hint = "Names use letters, digits, '.', '_', '-' and '/' between parts, e.g. smollm2-135m:Q4_1."
+    default_hint = (
+        "Names use letters, digits, '.', '_', '-' and '/' between parts, e.g. smollm2-135m:Q4_1."
+    )
 
 
 class CatalogError(SovcliError):
@@ -67,7 +69,9 @@ class AuthError(SovcliError):
 
     exit_code = 6
     http_status = 401
-    default_hint = "Accept the model's licence on the hub and set HF_TOKEN to a token that may read it."
+    default_hint = (
+        "Accept the model's licence on the hub and set HF_TOKEN to a token that may read it."
+    )
 
 
 class IntegrityError(SovcliError):

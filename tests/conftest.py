@@ -50,3 +50,47 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SOVCLI_DEBUG", raising=False)
     os.environ.setdefault("SOVCLI_TEST_CACHE", str(Path.home() / ".cache" / "sovcli-test"))
     return home
+
+
+# --- model store fixtures (store issue) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_metadata(smollm2_gguf: Path) -> dict:
+    """GGUF header summary of the test model, read once per session."""
+    from sovcli.store.ggufmeta import read_metadata
+
+    return read_metadata([smollm2_gguf])
+
+
+@pytest.fixture
+def installed_smollm2(smollm2_gguf: Path, smollm2_metadata: dict, isolated_env: Path):
+    """The test GGUF registered in this test's store as `smollm2-135m:Q4_1`, as a pull would.
+
+    Hardlinked from the cache when possible (else copied) with a full provenance manifest;
+    `ensure_model("smollm2-135m")` and `find_installed("smollm2-135m:Q4_1")` then resolve it
+    with no network. Do not modify the installed file (it may share its inode with the cache):
+    tests that tamper with it must import their own copy.
+    """
+    from sovcli.sources.local import import_gguf
+
+    name = smollm2_gguf.name
+    return import_gguf(
+        smollm2_gguf,
+        name="smollm2-135m",
+        tag="Q4_1",
+        link=True,
+        known_sha256={name: fetch_test_model.GGUF_SHA256},
+        meta=smollm2_metadata,
+        license="apache-2.0",
+        description="SmolLM2 135M Instruct (test fixture)",
+        source={
+            "kind": "pypi",
+            "package": fetch_test_model.PACKAGE,
+            "version": fetch_test_model.VERSION,
+            "member": fetch_test_model.MEMBER,
+            "files": [name],
+            "pinned_sha256": fetch_test_model.GGUF_SHA256,
+            "index": "test cache (conftest installed_smollm2)",
+        },
+    )

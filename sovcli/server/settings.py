@@ -1,0 +1,101 @@
+"""What `sovcli serve` is asked to do: models, address, limits, keys, logs. Plain data."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sovcli.errors import UsageError
+
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model to serve: the reference typed on the command line, its file, other names."""
+
+    ref: str  # the id clients use first (what `sovcli serve REF` was given)
+    path: str  # the GGUF file to load
+    aliases: tuple[str, ...] = ()  # other accepted ids: `name:tag`, `name`, the file stem
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key and the id that names it in logs (the secret itself is never shown)."""
+
+    key_id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep one client from exhausting the server."""
+
+    max_body_bytes: int = 4 * 1024 * 1024  # request body (413 above)
+    max_tokens: int = 4096  # per request (400 above); also the default when absent
+    max_queue: int = 64  # requests waiting per model beyond `parallel` (503 above)
+    max_embedding_inputs: int = 256  # texts per /v1/embeddings request
+    retry_after_s: int = 1  # `Retry-After` sent with 503s
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `create_app` and the runner need; built by the CLI or by tests."""
+
+    models: tuple[ServedModel, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    parallel: int = 4  # sequences decoded together per model
+    ctx: int | None = None  # context per sequence (None: engine default)
+    threads: int | None = None  # decode threads (None: engine default)
+    api_keys: tuple[ApiKey, ...] = ()
+    no_auth: bool = False  # explicit opt-out when binding a non-loopback address
+    audit_log: Path | None = None
+    audit_content: bool = False  # also write prompts and completions to the audit log
+    cors_origins: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    shutdown_grace_s: float = 5.0  # how long in-flight requests may finish on SIGTERM
+    log_requests: bool = True  # one stderr line per request
+
+    def validate(self) -> None:
+        """Raise `UsageError` for settings that must not start (e.g. open bind without keys)."""
+        if not self.models:
+            raise UsageError("no model to serve", hint="e.g. sovcli serve smollm2-135m")
+        if self.parallel < 1:
+            raise UsageError("--parallel must be at least 1")
+        if self.ctx is not None and self.ctx < 64:
+            raise UsageError("--ctx must be at least 64 tokens")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"invalid port {self.port}", hint="Use a port between 1 and 65535.")
+        if not is_loopback(self.host) and not self.api_keys and not self.no_auth:
+            raise UsageError(
+                f"binding {self.host} exposes the server to the network without an API key",
+                hint="Give keys with --api-key-file FILE or SOVCLI_API_KEYS=id:key, "
+                "or pass --no-auth if the network is trusted.",
+            )
+        ids: dict[str, str] = {}
+        for model in self.models:
+            for name in (model.ref, *model.aliases):
+                if name in ids and ids[name] != model.path:
+                    raise UsageError(
+                        f"two served models answer to the name '{name}'",
+                        hint="Serve each model once, under distinct names.",
+                    )
+                ids[name] = model.path
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry one of the API keys."""
+        return bool(self.api_keys)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
