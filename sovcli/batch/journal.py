@@ -34,7 +34,7 @@ def record_key(record: dict[str, Any]) -> RecordKey:
     return (
         str(record.get("path", "")),
         str(record.get("sha256") or ""),
-        f"{model.get('ref', '')}@{model.get('sha256') or ''}",
+        f"{model.get('ref', '')}@{model.get('manifest_sha256') or model.get('file_sha256') or ''}",
         str(record.get("prompt_sha256", "")),
         str(record.get("params_sha256", "")),
     )
@@ -96,6 +96,14 @@ class Journal:
         except BaseException:
             journal.close()
             raise
+        return journal
+
+    @classmethod
+    def read_only(cls, path: Path) -> Journal:
+        """The index of `path` without locking, repairing or writing (for --dry-run)."""
+        journal = cls(path)
+        if journal.path.is_file():
+            journal._load_index()
         return journal
 
     def __enter__(self) -> Journal:
@@ -191,6 +199,8 @@ class Journal:
         with open(self.path, "rb") as fh:
             for line_no, raw in enumerate(fh):
                 self._line_count = line_no + 1
+                if not raw.endswith(b"\n"):  # torn tail (only seen read-only)
+                    continue
                 try:
                     record = json.loads(raw)
                 except ValueError:
@@ -234,13 +244,12 @@ class Journal:
             return 0
         assert self._fd is not None
         removed = 0
-        with atomic_output(self.path, "wb") as (_tmp, out):
-            with open(self.path, "rb") as src:
-                for line_no, raw in enumerate(src):
-                    if line_no in line_numbers:
-                        removed += 1
-                        continue
-                    out.write(raw)  # type: ignore[attr-defined]
+        with atomic_output(self.path, "wb") as (_tmp, out), open(self.path, "rb") as src:
+            for line_no, raw in enumerate(src):
+                if line_no in line_numbers:
+                    removed += 1
+                    continue
+                out.write(raw)  # type: ignore[attr-defined]
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         self._load_index()

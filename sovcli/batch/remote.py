@@ -117,7 +117,9 @@ class RemoteBackend:
                     delay *= 2
                     continue
                 if exc.code == 400 and "context" in detail.lower():
-                    raise BackendFailure("input", f"does not fit the server's context: {detail}")
+                    raise BackendFailure(
+                        "input", f"does not fit the server's context: {detail}"
+                    ) from exc
                 kind = "network" if exc.code in RETRY_STATUSES else "engine"
                 raise BackendFailure(kind, f"{self.base}: HTTP {exc.code}: {detail}") from exc
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
@@ -165,7 +167,9 @@ class RemoteBackend:
             seconds=elapsed,
         )
 
-    def complete_many(self, jobs: list[PromptJob], settings: GenerationSettings) -> list[Completion]:
+    def complete_many(
+        self, jobs: list[PromptJob], settings: GenerationSettings
+    ) -> list[Completion]:
         """The jobs one after the other (parallelism comes from the worker threads)."""
         return [self.complete(job, settings) for job in jobs]
 

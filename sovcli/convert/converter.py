@@ -22,6 +22,7 @@ from . import CONVERTER_SCHEMA_VERSION
 from .architectures import PlannedTensor, plan_tensors, spec_for, write_hparams
 from .checkpoint import Checkpoint, open_checkpoint, read_tensor, to_float32
 from .metadata import write_general, write_sampling_defaults
+from .quantize import make_readable
 from .tokenizer import load_vocab
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -144,6 +145,7 @@ def convert_checkpoint(
 
     output = Path(output)
     with atomic_output(output) as (tmp_path, _fh):
+        make_readable(tmp_path)
         writer = gguf.GGUFWriter(tmp_path, spec.gguf_arch)
         try:
             general = write_general(writer, ckpt.path, config, source_repo=source_repo)

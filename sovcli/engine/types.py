@@ -149,6 +149,10 @@ class EngineStats:
     active_sequences: int
     queued_requests: int
     n_parallel: int
+    requests_total: int = 0  # requests admitted since the engine started
+    prompt_tokens_total: int = 0
+    cached_prompt_tokens_total: int = 0  # prompt tokens served from the KV cache
+    generated_tokens_total: int = 0
 
 
 class GenerationStream(Protocol):

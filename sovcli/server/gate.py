@@ -145,7 +145,11 @@ class RequestGate:
 
     async def _handle(self, scope: dict, receive: Any, send: Any, record: RequestRecord) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.checker is not None and record.path not in OPEN_PATHS and record.method != "OPTIONS":
+        if (
+            self.checker is not None
+            and record.path not in OPEN_PATHS
+            and record.method != "OPTIONS"
+        ):
             key_id = self.checker.identify(presented_key(headers))
             if key_id is None:
                 await send_error(
@@ -167,7 +171,9 @@ class RequestGate:
                 code="request_too_large",
             )
             declared = headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            if declared is not None and (
+                not declared.isdigit() or int(declared) > self.max_body_bytes
+            ):
                 await send_error(send, too_large)
                 return
             chunks, size = [], 0

@@ -172,7 +172,10 @@ class ServerMetrics:
         )
         lines.extend(
             render_gauge(
-                "sovcli_requests_in_flight", "HTTP requests being served.", (), [((), self.in_flight)]
+                "sovcli_requests_in_flight",
+                "HTTP requests being served.",
+                (),
+                [((), self.in_flight)],
             )
         )
         return "\n".join(lines) + "\n"

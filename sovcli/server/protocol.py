@@ -136,9 +136,7 @@ def _stop(body: dict[str, Any]) -> list[str]:
     return list(stop)
 
 
-def generation_options(
-    body: dict[str, Any], limits: Limits, *, chat: bool
-) -> GenerationOptions:
+def generation_options(body: dict[str, Any], limits: Limits, *, chat: bool) -> GenerationOptions:
     """Parse what chat and text completions share."""
     n = _integer(body, "n", 1, 1_000_000, 1)
     if n != 1:
@@ -231,7 +229,10 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                 f"messages[{index}].role must be system, user, assistant or tool",
                 param="messages",
             )
-        out: dict[str, Any] = {"role": role, "content": _message_text(message.get("content"), index)}
+        out: dict[str, Any] = {
+            "role": role,
+            "content": _message_text(message.get("content"), index),
+        }
         tool_calls = message.get("tool_calls")
         if role == "assistant" and tool_calls:
             if not isinstance(tool_calls, list):

@@ -78,7 +78,7 @@ class ModelRegistry:
         self._loader.start()
 
     def _load_all(self) -> None:
-        from sovcli.console import log
+        from sovcli.server.gate import log_line as log
 
         for handle in self.handles:
             started = time.perf_counter()

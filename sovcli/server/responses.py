@@ -25,7 +25,11 @@ def new_id(prefix: str) -> str:
 
 def sse(obj: dict[str, Any]) -> bytes:
     """One server-sent event carrying `obj` as JSON."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        + b"\n\n"
+    )
 
 
 def usage(result: GenerationResult) -> dict[str, Any]:
@@ -51,7 +55,8 @@ def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...], top: int
                 "logprob": item.logprob,
                 "bytes": _token_bytes(item.token),
                 "top_logprobs": [
-                    {"token": t, "logprob": lp, "bytes": _token_bytes(t)} for t, lp in item.top[:top]
+                    {"token": t, "logprob": lp, "bytes": _token_bytes(t)}
+                    for t, lp in item.top[:top]
                 ],
             }
             for item in items
@@ -89,7 +94,9 @@ class ChatFormat:
         self._prefix = (
             '{"id":' + json.dumps(self.id) + ',"object":"chat.completion.chunk","created":'
             f"{self.created},"
-            '"model":' + json.dumps(model) + ',"system_fingerprint":'
+            '"model":'
+            + json.dumps(model)
+            + ',"system_fingerprint":'
             + json.dumps(SYSTEM_FINGERPRINT)
             + ',"choices":[{"index":0,"delta":{"content":'
         ).encode("utf-8")
@@ -111,8 +118,14 @@ class ChatFormat:
     def role_chunk(self) -> bytes:
         """The first chunk: the assistant role, empty content."""
         return self._chunk(
-            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-              "finish_reason": None}]
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
         )
 
     def text_chunk(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
@@ -121,16 +134,28 @@ class ChatFormat:
             encoded = json.dumps(text, ensure_ascii=False).encode("utf-8")
             return b"data: " + self._prefix + encoded + self._suffix
         return self._chunk(
-            [{"index": 0, "delta": {"content": text},
-              "logprobs": chat_logprobs(logprobs, self.top_logprobs), "finish_reason": None}]
+            [
+                {
+                    "index": 0,
+                    "delta": {"content": text},
+                    "logprobs": chat_logprobs(logprobs, self.top_logprobs),
+                    "finish_reason": None,
+                }
+            ]
         )
 
     def tool_calls_chunk(self, calls: list[dict[str, Any]]) -> bytes:
         """The tool calls, whole, in one delta."""
         delta_calls = [{"index": i, **call} for i, call in enumerate(calls)]
         return self._chunk(
-            [{"index": 0, "delta": {"tool_calls": delta_calls}, "logprobs": None,
-              "finish_reason": None}]
+            [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": delta_calls},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
         )
 
     def finish_chunk(self, finish_reason: str) -> bytes:
@@ -189,8 +214,11 @@ class CompletionFormat:
         self._prefix = (
             '{"id":' + json.dumps(self.id) + ',"object":"text_completion","created":'
             f"{self.created},"
-            '"model":' + json.dumps(model) + ',"system_fingerprint":'
-            + json.dumps(SYSTEM_FINGERPRINT) + ',"choices":[{"text":'
+            '"model":'
+            + json.dumps(model)
+            + ',"system_fingerprint":'
+            + json.dumps(SYSTEM_FINGERPRINT)
+            + ',"choices":[{"text":'
         ).encode("utf-8")
         self._suffix = b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
 

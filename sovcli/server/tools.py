@@ -9,6 +9,7 @@ built from the tools' parameter schemas, so even a small model produces a valid 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -32,8 +33,10 @@ def normalize_tools(raw: Any) -> list[dict[str, Any]] | None:
     tools = []
     for index, tool in enumerate(raw):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(
-            function, dict
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(function, dict)
         ):
             raise bad_request(
                 f"tools[{index}] must be {{'type': 'function', 'function': {{...}}}}",
@@ -81,7 +84,9 @@ def normalize_tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> str:
                     param="tool_choice",
                 )
             return f"function:{name}"
-    raise bad_request("'tool_choice' must be none, auto, required or a function", param="tool_choice")
+    raise bad_request(
+        "'tool_choice' must be none, auto, required or a function", param="tool_choice"
+    )
 
 
 def tool_names(tools: list[dict[str, Any]]) -> list[str]:
@@ -146,7 +151,9 @@ def prepare_messages(
                 message["tool_calls"] = [_call_for_template(c) for c in calls]
             else:
                 blocks = [
-                    "<tool_call>\n" + json.dumps(_call_for_template(c)["function"]) + "\n</tool_call>"
+                    "<tool_call>\n"
+                    + json.dumps(_call_for_template(c)["function"])
+                    + "\n</tool_call>"
                     for c in calls
                 ]
                 message["content"] = ((message.get("content") or "") + "\n".join(blocks)).strip()
@@ -172,10 +179,8 @@ def _call_for_template(call: Any) -> dict[str, Any]:
     function = call.get("function", {}) if isinstance(call, dict) else {}
     arguments = function.get("arguments")
     if isinstance(arguments, str):
-        try:
+        with contextlib.suppress(ValueError):
             arguments = json.loads(arguments)
-        except ValueError:
-            pass
     return {
         "id": call.get("id") if isinstance(call, dict) else None,
         "type": "function",

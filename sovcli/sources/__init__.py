@@ -80,8 +80,9 @@ def _pull_alias(
             f"'{entry.alias}' has no source for {quant}",
             hint=f"Available: {', '.join(f'{entry.alias}:{q}' for q in offered)}.",
         )
-    return _pull_sources(entry.alias, quant, sources, entry, revision, endpoint, quiet,
-                         keep_source, force)
+    return _pull_sources(
+        entry.alias, quant, sources, entry, revision, endpoint, quiet, keep_source, force
+    )
 
 
 def _pull_sources(
@@ -101,16 +102,22 @@ def _pull_sources(
             existing = get_installed(name, quant)
             if existing is not None:
                 return existing
-        for src in sources:
+        for i, src in enumerate(sources):
             try:
-                return _pull_one(name, quant, src, entry, revision, endpoint, quiet, keep_source,
-                                 force)
+                return _pull_one(
+                    name, quant, src, entry, revision, endpoint, quiet, keep_source, force
+                )
             except _FALLTHROUGH as exc:
                 errors.append(exc)
-                if len(sources) > 1 and not quiet:
-                    from sovcli.console import log
+                if i < len(sources) - 1 and not quiet:
+                    from sovcli.console import err_console
 
-                    log(f"{src.describe()}: {exc.message}")
+                    err_console().print(
+                        f"{src.describe()}: {exc.message}; trying the next source",
+                        markup=False,
+                        highlight=False,
+                        soft_wrap=True,
+                    )
                 continue
     first = errors[0]
     if len(errors) > 1:
@@ -149,6 +156,7 @@ def _pull_one(
                 progress=progress,
                 quiet=quiet,
                 keep_source=keep_source,
+                force=force,
             )
             if not force:
                 existing = get_installed(name, fetched.tag)

@@ -36,7 +36,7 @@ def shard_paths(path: Path) -> list[Path]:
 
 
 def default_name(path: Path) -> str:
-    """A store name derived from a file name: `SmolLM2-135M-Instruct.Q4_1.gguf` -> smollm2-135m-instruct."""
+    """A store name from a file name: `SmolLM2-135M-Instruct.Q4_1.gguf` -> smollm2-135m-instruct."""
     stem = path.name[:-5] if path.name.lower().endswith(".gguf") else path.stem
     info = shard_info(path.name)
     if info:

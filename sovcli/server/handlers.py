@@ -1,0 +1,582 @@
+"""The OpenAI endpoints: chat and text completions (streamed or not), embeddings, models.
+
+A generation request is validated, routed to its model's engine, admitted if the queue has
+room, submitted, then either collected (watching for a client that leaves) or streamed as
+server-sent events. Whatever happens, the engine sequence is released when the request ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sovcli.engine.types import GenerationRequest, GenerationResult, GenerationStream
+from sovcli.errors import SovcliError, UsageError
+from sovcli.server.errors import (
+    APIError,
+    bad_request,
+    from_sovcli_error,
+    internal_error,
+    overloaded,
+)
+from sovcli.server.gate import RequestRecord, log_exception
+from sovcli.server.protocol import (
+    ChatRequest,
+    GenerationOptions,
+    chat_request,
+    completion_request,
+    embedding_request,
+    parse_json_body,
+)
+from sovcli.server.registry import ModelHandle
+from sovcli.server.responses import DONE, ChatFormat, CompletionFormat
+from sovcli.server.state import ServerState
+from sovcli.server.tools import (
+    forced_call_schema,
+    may_become_call,
+    parse_tool_calls,
+    prepare_messages,
+    template_supports_tools,
+)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+RESULT_TIMEOUT_S = 60.0
+
+
+def error_response(err: APIError) -> Response:
+    """An OpenAI-shaped error response."""
+    return Response(
+        err.body_bytes(), status_code=err.status, headers=err.headers, media_type="application/json"
+    )
+
+
+def api_endpoint(func: Endpoint) -> Endpoint:
+    """Turn every failure of a handler into an OpenAI error (500s say nothing internal)."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await func(request)
+        except APIError as err:
+            return error_response(err)
+        except SovcliError as exc:
+            return error_response(from_sovcli_error(exc))
+        except Exception as exc:
+            log_exception(f"{request.method} {request.url.path}", exc)
+            return error_response(internal_error())
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def _record(request: Request) -> RequestRecord:
+    return request.scope["state"]["record"]
+
+
+class SSEResponse:
+    """Streams server-sent events; a client that leaves cancels its engine sequence at once."""
+
+    def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None]) -> None:
+        self.events = events
+        self.on_disconnect = on_disconnect
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    self.on_disconnect()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in self.events:
+                if gone.is_set():
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            self.on_disconnect()
+        finally:
+            watcher.cancel()
+            await self.events.aclose()  # type: ignore[attr-defined]
+
+
+class Handlers:
+    """The endpoint functions of one app (they share its `ServerState`)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._grammars: dict[str, str] = {}
+
+    # ---- admission -------------------------------------------------------------------
+    def _admit(self, handle: ModelHandle) -> Callable[[], None]:
+        """Take a place for a generation, or raise a 503 when the queue is full."""
+        limits = self.state.settings.limits
+        assert handle.engine is not None
+        stats = handle.engine.stats()
+        capacity = stats.n_parallel + limits.max_queue
+        backlog = stats.queued_requests > 0 and stats.queued_requests >= limits.max_queue
+        if backlog or handle.in_flight >= capacity:
+            raise overloaded(limits.retry_after_s, "the request queue is full, retry later")
+        handle.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                handle.in_flight -= 1
+
+        return release
+
+    def _submit(self, handle: ModelHandle, gen: GenerationRequest) -> tuple[GenerationStream, Any]:
+        release = self._admit(handle)
+        try:
+            assert handle.engine is not None
+            return handle.engine.submit(gen), release
+        except BaseException:
+            release()
+            raise
+
+    def _grammar_for_schema(self, schema: dict[str, Any], param: str) -> str:
+        from sovcli.engine.grammar import json_schema_to_gbnf
+
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            try:
+                grammar = json_schema_to_gbnf(schema)
+            except UsageError as exc:
+                raise bad_request(exc.message, param=param) from exc
+            if len(self._grammars) > 256:
+                self._grammars.clear()
+            self._grammars[key] = grammar
+        return grammar
+
+    def _chat_grammar(self, chat: ChatRequest, tools_active: bool) -> str | None:
+        if tools_active and chat.tools:
+            schema = forced_call_schema(chat.tools, chat.tool_choice)
+            if schema is not None:
+                return self._grammar_for_schema(schema, "tools")
+        fmt = chat.response_format
+        if fmt is None:
+            return None
+        if fmt["type"] == "json_object":
+            from sovcli.engine.grammar import JSON_OBJECT_GBNF
+
+            return JSON_OBJECT_GBNF
+        return self._grammar_for_schema(fmt["schema"], "response_format")
+
+    @staticmethod
+    def _generation(
+        prompt: str | list[int], options: GenerationOptions, grammar: str | None, rid: str
+    ) -> GenerationRequest:
+        sampling = options.sampling
+        if grammar is not None:
+            sampling = replace(sampling, grammar=grammar)
+        if options.logprobs:
+            sampling = replace(sampling, logprobs=max(options.top_logprobs, 1))
+        return GenerationRequest(
+            prompt=prompt,
+            max_tokens=options.max_tokens,
+            sampling=sampling,
+            stop=options.stop,
+            request_id=rid,
+        )
+
+    # ---- endpoints ---------------------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions"""
+        record = _record(request)
+        chat = chat_request(parse_json_body(await request.body()), self.state.settings.limits)
+        handle = self.state.registry.resolve(chat.options.model)
+        engine = handle.engine
+        assert engine is not None
+        record.model, record.stream = handle.id, chat.options.stream
+        tools_active = bool(chat.tools) and chat.tool_choice != "none"
+        tools = chat.tools if tools_active else None
+        native = template_supports_tools(engine.info.chat_template)
+        messages = prepare_messages(chat.messages, tools, native)
+        try:
+            prompt = engine.render_chat(messages, tools=tools if native else None)
+        except SovcliError as exc:
+            raise bad_request(f"cannot format the messages: {exc.message}", "messages") from exc
+        except Exception as exc:  # template errors (e.g. roles must alternate)
+            raise bad_request(
+                f"the model's chat template rejected the messages: {exc}", "messages"
+            ) from exc
+        if self.state.audit_content:
+            record.prompt = chat.messages
+        fmt = ChatFormat(
+            chat.options.model or handle.id,
+            chat.options.top_logprobs if chat.options.logprobs else None,
+        )
+        gen = self._generation(prompt, chat.options, self._chat_grammar(chat, tools_active), fmt.id)
+        stream, release = self._submit(handle, gen)
+        if chat.options.stream:
+            events = self._chat_events(handle, stream, release, fmt, chat, tools, record)
+            return SSEResponse(events, self._disconnect_callback(stream, record))  # type: ignore[return-value]
+        try:
+            result = await self._collect(request, handle, stream, record)
+        finally:
+            release()
+        if result is None:
+            return Response(status_code=499)
+        text = result.text
+        calls = parse_tool_calls(text, tools) if tools else None
+        finish = "tool_calls" if calls else self._finish_reason(result)
+        record.finish_reason = finish
+        return JSONResponse(
+            fmt.body(
+                result, content=None if calls else text, finish_reason=finish, tool_calls=calls
+            )
+        )
+
+    async def completions(self, request: Request) -> Response:
+        """POST /v1/completions"""
+        record = _record(request)
+        req = completion_request(parse_json_body(await request.body()), self.state.settings.limits)
+        handle = self.state.registry.resolve(req.options.model)
+        assert handle.engine is not None
+        record.model, record.stream = handle.id, req.options.stream
+        if self.state.audit_content:
+            record.prompt = req.prompt
+        fmt = CompletionFormat(
+            req.options.model or handle.id,
+            req.options.top_logprobs if req.options.logprobs else None,
+        )
+        gen = self._generation(req.prompt, req.options, None, fmt.id)
+        stream, release = self._submit(handle, gen)
+        echo = ""
+        if req.echo:
+            echo = (
+                req.prompt if isinstance(req.prompt, str) else handle.engine.detokenize(req.prompt)
+            )
+        if req.options.stream:
+            events = self._completion_events(
+                handle, stream, release, fmt, req.options, record, echo
+            )
+            return SSEResponse(events, self._disconnect_callback(stream, record))  # type: ignore[return-value]
+        try:
+            result = await self._collect(request, handle, stream, record)
+        finally:
+            release()
+        if result is None:
+            return Response(status_code=499)
+        record.finish_reason = self._finish_reason(result)
+        return JSONResponse(
+            fmt.body(result, text=echo + result.text, finish_reason=record.finish_reason)
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings"""
+        record = _record(request)
+        req = embedding_request(parse_json_body(await request.body()), self.state.settings.limits)
+        handle = self.state.registry.resolve(req.model)
+        engine = handle.engine
+        assert engine is not None
+        record.model = handle.id
+        texts = [t if isinstance(t, str) else engine.detokenize(t) for t in req.inputs]
+        if req.dimensions is not None and req.dimensions != engine.info.n_embd:
+            raise bad_request(
+                f"this model's embeddings have {engine.info.n_embd} dimensions",
+                param="dimensions",
+            )
+        n_tokens = sum(
+            len(t) if isinstance(t, list) else len(engine.tokenize(t)) for t in req.inputs
+        )
+        if self.state.audit_content:
+            record.prompt = texts
+        vectors = await asyncio.to_thread(engine.embed, texts)
+        record.prompt_tokens = n_tokens
+        self.state.metrics.prompt_tokens.inc((handle.id,), n_tokens)
+        data = []
+        for index, vector in enumerate(vectors):
+            embedding: Any = vector
+            if req.encoding_format == "base64":
+                embedding = base64.b64encode(array("f", vector).tobytes()).decode("ascii")
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": req.model or handle.id,
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            }
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        """GET /v1/models"""
+        return JSONResponse(
+            {"object": "list", "data": [self._model_card(h) for h in self.state.registry.handles]}
+        )
+
+    async def get_model(self, request: Request) -> Response:
+        """GET /v1/models/{model}"""
+        model_id = request.path_params["model"]
+        for handle in self.state.registry.handles:
+            if model_id in handle.ids():
+                return JSONResponse(self._model_card(handle))
+        raise APIError(
+            404, f"the model '{model_id}' is not served here", param="model", code="model_not_found"
+        )
+
+    @staticmethod
+    def _model_card(handle: ModelHandle) -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "id": handle.id,
+            "object": "model",
+            "created": handle.created,
+            "owned_by": "sovcli",
+            "aliases": list(handle.served.aliases),
+            "status": handle.state,
+        }
+        if handle.engine is not None:
+            info = handle.engine.info
+            card["meta"] = {
+                "architecture": info.architecture,
+                "n_params": info.n_params,
+                "n_ctx": info.n_ctx,
+                "n_ctx_train": info.n_ctx_train,
+                "n_embd": info.n_embd,
+            }
+        return card
+
+    async def health(self, request: Request) -> Response:
+        """GET /health: 200 when every model is loaded, 503 while loading."""
+        registry = self.state.registry
+        status = registry.status()
+        body = {
+            "status": status,
+            "models": [{"id": h.id, "status": h.state} for h in registry.handles],
+        }
+        headers = {} if status == "ready" else {"Retry-After": "1"}
+        return JSONResponse(body, status_code=200 if status == "ready" else 503, headers=headers)
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics (Prometheus text format)."""
+        samples = []
+        for handle in self.state.registry.handles:
+            engine = handle.engine
+            if engine is None:
+                samples.append((handle.id, 0, 0, self.state.settings.parallel))
+                continue
+            stats = engine.stats()
+            samples.append(
+                (handle.id, stats.active_sequences, stats.queued_requests, stats.n_parallel)
+            )
+        return Response(
+            self.state.metrics.render(samples),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    # ---- generation plumbing ------------------------------------------------------------
+    def _disconnect_callback(self, stream: GenerationStream, record: RequestRecord):
+        def on_disconnect() -> None:
+            record.disconnected = True
+            stream.cancel()
+
+        return on_disconnect
+
+    @staticmethod
+    def _finish_reason(result: GenerationResult) -> str:
+        if result.finish_reason == "error":
+            raise internal_error()
+        if result.finish_reason == "cancelled":
+            raise overloaded(1, "the request was cancelled (server shutting down)")
+        return result.finish_reason
+
+    def _account(
+        self, handle: ModelHandle, record: RequestRecord, result: GenerationResult | None
+    ) -> None:
+        if result is None:
+            return
+        record.prompt_tokens = result.prompt_tokens
+        record.completion_tokens = result.completion_tokens
+        metrics = self.state.metrics
+        metrics.prompt_tokens.inc((handle.id,), result.prompt_tokens)
+        metrics.generated_tokens.inc((handle.id,), result.completion_tokens)
+        if record.ttft_s is not None:
+            metrics.ttft.observe((handle.id,), record.ttft_s)
+        if self.state.audit_content:
+            record.completion = result.text
+
+    def _account_partial(self, handle: ModelHandle, record: RequestRecord, generated: int) -> None:
+        """Count what a stream produced before its client left."""
+        record.completion_tokens = generated
+        self.state.metrics.generated_tokens.inc((handle.id,), generated)
+        if record.ttft_s is not None:
+            self.state.metrics.ttft.observe((handle.id,), record.ttft_s)
+
+    async def _result(self, stream: GenerationStream) -> GenerationResult:
+        """The result once the final event has been read (normally ready at once)."""
+        try:
+            return stream.result(0)
+        except TimeoutError:
+            return await asyncio.to_thread(stream.result, RESULT_TIMEOUT_S)
+
+    async def _collect(
+        self, request: Request, handle: ModelHandle, stream: GenerationStream, record: RequestRecord
+    ) -> GenerationResult | None:
+        """Wait for the whole result; None (sequence cancelled) if the client leaves first."""
+
+        async def consume() -> None:
+            async for event in stream:
+                if record.ttft_s is None and (event.text or event.token_ids):
+                    record.ttft_s = time.perf_counter() - record.started
+                if event.finish_reason is not None:
+                    break
+
+        async def client_gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        consumer = asyncio.ensure_future(consume())
+        watcher = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if not consumer.done():
+            record.disconnected, record.status = True, 499
+            stream.cancel()
+            consumer.cancel()
+            return None
+        consumer.result()
+        result = await self._result(stream)
+        self._account(handle, record, result)
+        return result
+
+    async def _chat_events(
+        self,
+        handle: ModelHandle,
+        stream: GenerationStream,
+        release: Callable[[], None],
+        fmt: ChatFormat,
+        chat: ChatRequest,
+        tools: list[dict[str, Any]] | None,
+        record: RequestRecord,
+    ) -> AsyncIterator[bytes]:
+        forced = bool(tools) and chat.tool_choice != "auto"
+        holding = bool(tools)  # keep text back while it may still be a tool call
+        held: list[str] = []
+        finished = False
+        seen = 0
+        try:
+            yield fmt.role_chunk()
+            async for event in stream:
+                seen += len(event.token_ids)
+                if record.ttft_s is None and (event.text or event.token_ids):
+                    record.ttft_s = time.perf_counter() - record.started
+                if event.text:
+                    if holding:
+                        held.append(event.text)
+                        if not forced and not may_become_call("".join(held)):
+                            holding = False
+                            yield fmt.text_chunk("".join(held))
+                            held.clear()
+                    else:
+                        yield fmt.text_chunk(event.text, event.logprobs)
+                if event.finish_reason is not None:
+                    break
+            result = await self._result(stream)
+            finished = True
+            self._account(handle, record, result)
+            if result.finish_reason in ("error", "cancelled"):
+                record.finish_reason = result.finish_reason
+                message = (
+                    "generation failed"
+                    if result.finish_reason == "error"
+                    else "the request was cancelled"
+                )
+                yield _sse_error(message)
+                yield DONE
+                return
+            finish = result.finish_reason
+            if held:
+                calls = parse_tool_calls("".join(held), tools) if tools else None
+                if calls:
+                    yield fmt.tool_calls_chunk(calls)
+                    finish = "tool_calls"
+                else:
+                    yield fmt.text_chunk("".join(held))
+            record.finish_reason = finish
+            yield fmt.finish_chunk(finish)
+            if chat.options.include_usage:
+                yield fmt.usage_chunk(result)
+            yield DONE
+        finally:
+            if not finished:
+                stream.cancel()
+                self._account_partial(handle, record, seen)
+            release()
+
+    async def _completion_events(
+        self,
+        handle: ModelHandle,
+        stream: GenerationStream,
+        release: Callable[[], None],
+        fmt: CompletionFormat,
+        options: GenerationOptions,
+        record: RequestRecord,
+        echo: str,
+    ) -> AsyncIterator[bytes]:
+        finished = False
+        seen = 0
+        try:
+            if echo:
+                yield fmt.text_chunk(echo)
+            async for event in stream:
+                seen += len(event.token_ids)
+                if record.ttft_s is None and (event.text or event.token_ids):
+                    record.ttft_s = time.perf_counter() - record.started
+                if event.text:
+                    yield fmt.text_chunk(event.text, event.logprobs)
+                if event.finish_reason is not None:
+                    break
+            result = await self._result(stream)
+            finished = True
+            self._account(handle, record, result)
+            record.finish_reason = result.finish_reason
+            if result.finish_reason in ("error", "cancelled"):
+                yield _sse_error("generation failed")
+                yield DONE
+                return
+            yield fmt.finish_chunk(result.finish_reason)
+            if options.include_usage:
+                yield fmt.usage_chunk(result)
+            yield DONE
+        finally:
+            if not finished:
+                stream.cancel()
+                self._account_partial(handle, record, seen)
+            release()
+
+
+def _sse_error(message: str) -> bytes:
+    body = internal_error().body()
+    body["error"]["message"] = message
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
