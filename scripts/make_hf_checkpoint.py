@@ -109,7 +109,7 @@ def build_tokenizer(reader: Any) -> tuple[dict[str, Any], dict[str, Any], list[d
             "normalized": False,
             "special": True,
         }
-        for i, (tok, kind) in enumerate(zip(tokens, types))
+        for i, (tok, kind) in enumerate(zip(tokens, types, strict=False))
         if kind == 3
     ]
     if pre == "smollm":
@@ -117,11 +117,21 @@ def build_tokenizer(reader: Any) -> tuple[dict[str, Any], dict[str, Any], list[d
             "type": "Sequence",
             "pretokenizers": [
                 {"type": "Digits", "individual_digits": True},
-                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": True,
+                },
             ],
         }
     elif pre in ("gpt-2", "default"):
-        pre_tokenizer = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+        pre_tokenizer = {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": True,
+            "use_regex": True,
+        }
     else:
         raise SystemExit(f"pre-tokenizer {pre!r} is not rebuilt by this script")
     tokenizer = {
@@ -131,8 +141,18 @@ def build_tokenizer(reader: Any) -> tuple[dict[str, Any], dict[str, Any], list[d
         "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "post_processor": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": False,
+            "use_regex": True,
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -154,7 +174,10 @@ def build_tokenizer(reader: Any) -> tuple[dict[str, Any], dict[str, Any], list[d
     config: dict[str, Any] = {
         "add_prefix_space": False,
         "added_tokens_decoder": {
-            str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            str(t["id"]): {
+                k: t[k]
+                for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+            }
             for t in added
         },
         "bos_token": name_of("tokenizer.ggml.bos_token_id"),
@@ -175,7 +198,9 @@ def build_tokenizer(reader: Any) -> tuple[dict[str, Any], dict[str, Any], list[d
     return tokenizer, config, added
 
 
-def make_checkpoint(gguf_path: Path, out_dir: Path, *, dtype: str = "bf16", shard_mb: int = 0) -> Path:
+def make_checkpoint(
+    gguf_path: Path, out_dir: Path, *, dtype: str = "bf16", shard_mb: int = 0
+) -> Path:
     """Write the Hugging Face folder for `gguf_path` into `out_dir`; return out_dir."""
     import gguf
 
@@ -255,7 +280,9 @@ def make_checkpoint(gguf_path: Path, out_dir: Path, *, dtype: str = "bf16", shar
         json.dumps({"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}, indent=2)
     )
     (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(tok_config, indent=2, ensure_ascii=False)
+    )
     license_id = _field(reader, "general.license", "apache-2.0")
     name = _field(reader, "general.name", gguf_path.stem)
     (out_dir / "README.md").write_text(
@@ -273,7 +300,9 @@ def make_checkpoint(gguf_path: Path, out_dir: Path, *, dtype: str = "bf16", shar
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("gguf", type=Path, help="a llama-architecture GGUF (e.g. SmolLM2 Q4_1)")
     parser.add_argument("out", type=Path, help="folder to write the checkpoint into")
     parser.add_argument("--dtype", choices=("bf16", "f32"), default="bf16")

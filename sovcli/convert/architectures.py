@@ -181,6 +181,7 @@ class PlannedTensor:
     parts: list[TensorRef] = field(default_factory=list)  # >1 part: stacked along a new axis 0
     transform: Callable[[Any], Any] | None = None  # applied to each part's raw array
     needs_float: bool = False  # transform works on float32 (not on raw bf16 bits)
+    elementwise: bool = True  # transform can be applied to row blocks independently
     generated: Any = None  # a ready float32 array (e.g. rope_freqs)
     force_f32: bool = False
 
@@ -205,7 +206,9 @@ def _plus_one(w):
     return w + 1.0
 
 
-_EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
+_EXPERT_RE = re.compile(
+    r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$"
+)
 _EXPERT_NAMES = {"w1": "ffn_gate_exps", "w2": "ffn_down_exps", "w3": "ffn_up_exps"}
 _SKIP_RE = re.compile(r"(rotary_emb\.inv_freq|\.attn\.masked_bias|\.attn\.bias)$")
 
@@ -265,7 +268,10 @@ def plan_tensors(checkpoint: Checkpoint, spec: ArchSpec) -> list[PlannedTensor]:
         )
     if spec.gguf_arch == "phi3":
         rope = rope_parameters(config)
-        for key, gname in (("long_factor", "rope_factors_long"), ("short_factor", "rope_factors_short")):
+        for key, gname in (
+            ("long_factor", "rope_factors_long"),
+            ("short_factor", "rope_factors_short"),
+        ):
             if rope.get(key):
                 arr = np.asarray(rope[key], dtype=np.float32)
                 planned.append(
@@ -288,9 +294,9 @@ def plan_tensors(checkpoint: Checkpoint, spec: ArchSpec) -> list[PlannedTensor]:
             continue
         item = PlannedTensor(new_name, ref.shape, parts=[ref])
         if spec.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
-            item.transform = _permute_fn(n_head)
+            item.transform, item.elementwise = _permute_fn(n_head), False
         elif spec.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-            item.transform = _permute_fn(n_head_kv)
+            item.transform, item.elementwise = _permute_fn(n_head_kv), False
         elif spec.norm_plus_one and name.endswith("norm.weight"):
             item.transform, item.needs_float = _plus_one, True
         if new_name.endswith("ffn_gate_inp.weight"):

@@ -184,17 +184,23 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     return ckpt
 
 
-def read_tensor(ref: TensorRef):
-    """Read one tensor's raw data into a fresh numpy array (bf16 stays as uint16 bits)."""
+def read_tensor(ref: TensorRef, row_start: int = 0, row_count: int | None = None):
+    """Read a tensor's raw data (or rows [row_start, row_start + row_count) of it) into a
+    fresh numpy array; bf16 stays as uint16 bits."""
     import numpy as np
 
-    np_dtype, _size = _ST_DTYPES[ref.dtype]
-    out = np.empty(ref.shape, dtype=np_dtype)
+    np_dtype, size = _ST_DTYPES[ref.dtype]
+    rows = ref.shape[0] if ref.shape else 1
+    row_count = rows - row_start if row_count is None else row_count
+    row_elems = ref.n_elements // rows if rows else 0
+    shape = (row_count, *ref.shape[1:]) if ref.shape else ()
+    out = np.empty(shape, dtype=np_dtype)
+    nbytes = row_count * row_elems * size
     with open(ref.file, "rb") as fh:
-        fh.seek(ref.start)
+        fh.seek(ref.start + row_start * row_elems * size)
         view = memoryview(out.reshape(-1).view(np.uint8))
         got = fh.readinto(view)
-    if got != ref.nbytes:
+    if got != nbytes:
         raise ConversionError(f"{ref.file.name}: tensor {ref.name} is truncated")
     return out
 
@@ -204,7 +210,9 @@ def to_float32(raw, st_dtype: str):
     import numpy as np
 
     if st_dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        bits = raw.astype(np.uint32)
+        bits <<= 16
+        return bits.view(np.float32)
     if raw.dtype == np.float32:
         return raw
     return raw.astype(np.float32)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sovcli.errors import ConversionError, UsageError
+from sovcli.errors import ConversionError, DiskFullError, UsageError
 from sovcli.fsutil import atomic_output
 
 from . import CONVERTER_SCHEMA_VERSION
@@ -96,6 +96,35 @@ def _encode(item: PlannedTensor, ref, raw, qtype):
     return gguf.quants.quantize(np.ascontiguousarray(data), qtype)
 
 
+# Large tensors are converted in blocks of rows of about this many elements, so memory stays
+# near one block (not one tensor) for embeddings and FFN matrices.
+BLOCK_ELEMENTS = 8 * 1024 * 1024
+
+
+def _row_blocks(item: PlannedTensor, ref) -> list[tuple[int, int | None]]:
+    """(first row, row count) blocks for one part; one block when rows cannot be split."""
+    if len(ref.shape) < 2 or not item.elementwise or ref.n_elements <= BLOCK_ELEMENTS:
+        return [(0, None)]
+    rows = ref.shape[0]
+    per_row = ref.n_elements // rows
+    step = max(1, BLOCK_ELEMENTS // per_row)
+    return [(start, min(step, rows - start)) for start in range(0, rows, step)]
+
+
+def _check_free_space(output: Path, needed: int) -> None:
+    """Fail before writing when the output's volume cannot hold the whole file."""
+    import shutil
+
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < needed + 16 * 1024 * 1024:
+        raise DiskFullError(
+            f"{output.name} needs {needed / 1e9:.2f} GB but {parent} has {free / 1e9:.2f} GB free",
+        )
+
+
 def _check_vocab_rows(planned: list[PlannedTensor], n_tokens: int) -> None:
     embd = next(p for p in planned if p.name == "token_embd.weight")
     if embd.shape[0] != n_tokens:
@@ -121,7 +150,9 @@ def convert_checkpoint(
     if outtype not in OUTTYPES:
         raise UsageError(
             f"unknown --outtype {outtype!r}",
-            hint="Use one of: " + ", ".join(OUTTYPES) + " (quantize further with `sovcli quantize`).",
+            hint="Use one of: "
+            + ", ".join(OUTTYPES)
+            + " (quantize further with `sovcli quantize`).",
         )
     started = time.monotonic()
     logging.getLogger("gguf").setLevel(logging.ERROR)
@@ -132,9 +163,11 @@ def convert_checkpoint(
     embd_rows = next(p.shape[0] for p in planned if p.name == "token_embd.weight")
     vocab = load_vocab(ckpt.path, embd_rows, pre_override=pre_tokenizer)
     _check_vocab_rows(planned, len(vocab.tokens))
+    if spec.gguf_arch in ("gemma2", "gemma3") and vocab.model == "llama":
+        vocab.add_space_prefix = False  # Gemma's SentencePiece adds no dummy prefix
 
     qtypes = [_tensor_qtype(p, outtype) for p in planned]
-    sizes = [_nbytes(p.shape, q) for p, q in zip(planned, qtypes)]
+    sizes = [_nbytes(p.shape, q) for p, q in zip(planned, qtypes, strict=False)]
     total_bytes = sum(sizes)
     ftype = {
         "f32": gguf.LlamaFileType.ALL_F32,
@@ -144,6 +177,7 @@ def convert_checkpoint(
     }[outtype]
 
     output = Path(output)
+    _check_free_space(output, total_bytes)
     with atomic_output(output) as (tmp_path, _fh):
         make_readable(tmp_path)
         writer = gguf.GGUFWriter(tmp_path, spec.gguf_arch)
@@ -158,14 +192,16 @@ def convert_checkpoint(
             writer.add_string("sovcli.converter.schema", str(CONVERTER_SCHEMA_VERSION))
             import numpy as np
 
-            for item, qtype, size in zip(planned, qtypes, sizes):
-                writer.add_tensor_info(item.name, item.shape, np.dtype(np.float32), size, raw_dtype=qtype)
+            for item, qtype, size in zip(planned, qtypes, sizes, strict=False):
+                writer.add_tensor_info(
+                    item.name, item.shape, np.dtype(np.float32), size, raw_dtype=qtype
+                )
             writer.write_header_to_file(path=tmp_path)
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             fout = writer.fout[0]
             done = 0
-            for index, (item, qtype, size) in enumerate(zip(planned, qtypes, sizes)):
+            for index, (item, qtype, size) in enumerate(zip(planned, qtypes, sizes, strict=False)):
                 writer.write_padding(fout, fout.tell())
                 written = 0
                 if item.generated is not None:
@@ -174,12 +210,13 @@ def convert_checkpoint(
                     written += chunk.nbytes
                     del chunk
                 for ref in item.parts:
-                    raw = read_tensor(ref)
-                    chunk = _encode(item, ref, raw, qtype)
-                    del raw
-                    chunk.tofile(fout)
-                    written += chunk.nbytes
-                    del chunk
+                    for start, count in _row_blocks(item, ref):
+                        raw = read_tensor(ref, start, count)
+                        chunk = _encode(item, ref, raw, qtype)
+                        del raw
+                        chunk.tofile(fout)
+                        written += chunk.nbytes
+                        del chunk
                 if written != size:
                     raise ConversionError(
                         f"internal size mismatch for {item.name}: {written} != {size} bytes"
@@ -199,7 +236,12 @@ def convert_checkpoint(
         n_tensors=len(planned),
         n_parameters=sum(p.n_elements for p in planned),
         output_bytes=output.stat().st_size,
-        tokenizer={"model": vocab.model, "pre": vocab.pre, "tokens": len(vocab.tokens), "source": vocab.source},
+        tokenizer={
+            "model": vocab.model,
+            "pre": vocab.pre,
+            "tokens": len(vocab.tokens),
+            "source": vocab.source,
+        },
         general=general,
         seconds=time.monotonic() - started,
         sampling=sampling,

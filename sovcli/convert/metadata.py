@@ -45,7 +45,11 @@ def parse_front_matter(readme: str) -> dict[str, Any]:
             continue
         if line.startswith((" ", "-", "\t")):
             item = line.strip()
-            if current is not None and item.startswith("- ") and isinstance(result.get(current), list):
+            if (
+                current is not None
+                and item.startswith("- ")
+                and isinstance(result.get(current), list)
+            ):
                 result[current].append(_scalar(item[2:]))
             continue
         key, sep, value = line.partition(":")
@@ -83,15 +87,21 @@ def read_model_card(folder: Path) -> ModelCard:
     return ModelCard(
         name=meta.get("model_name") if isinstance(meta.get("model_name"), str) else None,
         license=license_value if isinstance(license_value, str) else None,
-        license_name=meta.get("license_name") if isinstance(meta.get("license_name"), str) else None,
-        license_link=meta.get("license_link") if isinstance(meta.get("license_link"), str) else None,
+        license_name=meta.get("license_name")
+        if isinstance(meta.get("license_name"), str)
+        else None,
+        license_link=meta.get("license_link")
+        if isinstance(meta.get("license_link"), str)
+        else None,
         base_models=_as_list(meta.get("base_model")),
         tags=_as_list(meta.get("tags")),
         languages=_as_list(meta.get("language")),
     )
 
 
-def model_name(folder: Path, config: dict[str, Any], card: ModelCard, source_repo: str | None) -> str:
+def model_name(
+    folder: Path, config: dict[str, Any], card: ModelCard, source_repo: str | None
+) -> str:
     """A human name: model card, else the source repo, else config's _name_or_path, else folder."""
     if card.name:
         return card.name
@@ -143,8 +153,10 @@ def write_general(
     }
 
 
-def write_sampling_defaults(writer: Any, generation_config: dict[str, Any] | None) -> dict[str, Any]:
-    """Carry the publisher's sampling defaults from generation_config.json into general.sampling.*."""
+def write_sampling_defaults(
+    writer: Any, generation_config: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Carry generation_config.json's sampling defaults into general.sampling.*."""
     written: dict[str, Any] = {}
     if not generation_config or not generation_config.get("do_sample", True):
         return written

@@ -76,13 +76,13 @@ def convert_checkpoint_to_gguf(
     quant_name = normalize_type(quant)
     checkpoint = open_checkpoint(checkpoint_dir)
     files = input_files(checkpoint)
-    inputs = [
-        {"file": f.name, "size": f.stat().st_size, "sha256": sha256_file(f)} for f in files
-    ]
+    inputs = [{"file": f.name, "size": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
 
     direct = FLOAT_TYPES.get(quant_name)
     outtype = direct or _intermediate_outtype(checkpoint)
-    intermediate = out_path if direct else out_path.with_name(f".{out_path.stem}.{outtype}.intermediate.gguf")
+    intermediate = (
+        out_path if direct else out_path.with_name(f".{out_path.stem}.{outtype}.intermediate.gguf")
+    )
     quant_result = None
     try:
         with tensor_progress(f"convert {outtype}", enabled=not quiet) as update:

@@ -126,12 +126,20 @@ def load_imatrix(path: Path) -> dict[str, list[float] | Any]:
         import gguf
 
         reader = gguf.GGUFReader(path)
-        sums = {t.name[: -len(".in_sum2")]: t for t in reader.tensors if t.name.endswith(".in_sum2")}
-        counts = {t.name[: -len(".counts")]: t for t in reader.tensors if t.name.endswith(".counts")}
+        sums = {
+            t.name[: -len(".in_sum2")]: t for t in reader.tensors if t.name.endswith(".in_sum2")
+        }
+        counts = {
+            t.name[: -len(".counts")]: t for t in reader.tensors if t.name.endswith(".counts")
+        }
         result: dict[str, Any] = {}
         for name, tensor in sums.items():
             data = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
-            cnt = np.asarray(counts[name].data, dtype=np.float32).reshape(-1) if name in counts else None
+            cnt = (
+                np.asarray(counts[name].data, dtype=np.float32).reshape(-1)
+                if name in counts
+                else None
+            )
             if cnt is None or cnt.size == 0:
                 result[name] = data.copy()
                 continue
@@ -218,6 +226,22 @@ def _install_log(capture: _LogCapture | None) -> None:
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
 
 
+def _restore_log() -> None:
+    """Give llama.cpp's log back to the engine's router if it set one, else keep it quiet."""
+    import llama_cpp
+
+    try:
+        from sovcli.engine import _llama as engine_llama
+
+        engine_callback = getattr(engine_llama, "_log_callback", None)
+    except Exception:  # the engine is optional here
+        engine_callback = None
+    if engine_callback is not None:
+        llama_cpp.llama_log_set(engine_callback, ctypes.c_void_p(0))
+    else:
+        _install_log(None)
+
+
 # ----------------------------------------------------------------------------- quantize
 
 
@@ -262,7 +286,7 @@ def _check_input(path: Path) -> None:
         if fh.read(4) != b"GGUF":
             raise ConversionError(
                 f"{path} is not a GGUF file",
-                hint="Convert a Hugging Face checkpoint first: sovcli convert HF_DIR -o model-f16.gguf",
+                hint="Convert a checkpoint first: sovcli convert HF_DIR -o model-f16.gguf",
             )
 
 
@@ -330,15 +354,19 @@ def quantize_gguf(
                     str(input_path).encode(), str(tmp_path).encode(), ctypes.byref(params)
                 )
             finally:
-                _install_log(None)
+                _restore_log()
         if rc != 0:
             reason = capture.errors[-1] if capture.errors else f"llama_model_quantize returned {rc}"
             hint = None
             if "requires an imatrix" in reason or "importance matrix" in reason:
                 hint = "Pass --imatrix FILE made for this model."
             elif "requantizing" in reason:
-                hint = "Quantize from the f16/bf16 GGUF for best quality, or pass --allow-requantize."
-            raise ConversionError(f"llama.cpp could not quantize {input_path.name}: {reason}", hint=hint)
+                hint = (
+                    "Quantize from the f16/bf16 GGUF for best quality, or pass --allow-requantize."
+                )
+            raise ConversionError(
+                f"llama.cpp could not quantize {input_path.name}: {reason}", hint=hint
+            )
     del keep_alive
     return QuantizeResult(
         input=input_path,

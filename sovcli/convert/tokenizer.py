@@ -87,19 +87,29 @@ class Vocab:
         if self.scores is not None:
             writer.add_token_scores(self.scores)
         writer.add_token_types(self.token_types)
-        if self.add_space_prefix is not None:
-            writer.add_add_space_prefix(self.add_space_prefix)
+        add_space_prefix = self.add_space_prefix
+        config_prefix = _tokenizer_config(folder).get("add_prefix_space")
+        if isinstance(config_prefix, bool):
+            add_space_prefix = config_prefix  # the publisher's explicit choice wins
+        if add_space_prefix is not None:
+            writer.add_add_space_prefix(add_space_prefix)
         if self.merges:
             writer.add_token_merges(self.merges)
         logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
+        # Without an explicit add_bos_token, llama.cpp picks the default of the pre-tokenizer.
         special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=len(self.tokens))
-        if self.model == "gpt2" and not _has_tokenizer_config(folder):
-            special.add_special_token.setdefault("bos", False)
         special.add_to_gguf(writer, quiet=True)
 
 
-def _has_tokenizer_config(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").is_file()
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
 
 
 def load_vocab(folder: Path, vocab_size: int | None, *, pre_override: str | None = None) -> Vocab:
@@ -113,7 +123,7 @@ def load_vocab(folder: Path, vocab_size: int | None, *, pre_override: str | None
         return load_tekken(folder, vocab_size)
     raise ConversionError(
         f"no tokenizer in {folder}",
-        hint="The folder needs tokenizer.json (BPE), tokenizer.model (SentencePiece) or tekken.json.",
+        hint="The folder needs tokenizer.json, tokenizer.model (SentencePiece) or tekken.json.",
     )
 
 
@@ -149,7 +159,9 @@ def identify_pre_tokenizer(tokenizer: dict[str, Any]) -> str:
     splits = [s for s in steps if s.get("type") == "Split"]
     digits = [s for s in steps if s.get("type") == "Digits"]
     bytelevel = [s for s in steps if s.get("type") == "ByteLevel"]
-    if tokenizer.get("normalizer") not in (None, {}) and tokenizer["normalizer"].get("type") not in (
+    if tokenizer.get("normalizer") not in (None, {}) and tokenizer["normalizer"].get(
+        "type"
+    ) not in (
         "NFC",
         None,
     ):
@@ -322,7 +334,12 @@ def load_tekken(folder: Path, vocab_size: int | None) -> Vocab:
         tokens.append(f"[PAD{i}]")
         types.append(UNUSED)
     return Vocab(
-        model="gpt2", pre="tekken", tokens=tokens, token_types=types, merges=merges, source="tekken.json"
+        model="gpt2",
+        pre="tekken",
+        tokens=tokens,
+        token_types=types,
+        merges=merges,
+        source="tekken.json",
     )
 
 
@@ -440,4 +457,3 @@ def load_sentencepiece(folder: Path, vocab_size: int | None) -> Vocab:
         add_space_prefix=spm.add_dummy_prefix,
         source="tokenizer.model",
     )
-

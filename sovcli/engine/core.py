@@ -321,7 +321,7 @@ class Engine:
         """Queue `request`; returns its stream at once. Raises ContextOverflowError if it cannot fit."""
         if self._closed:
             raise EngineError("the engine is closed")
-        self._check_sampling(request.sampling)
+        self.validate_sampling(request.sampling)
         if request.max_tokens is not None and request.max_tokens < 0:
             raise UsageError("max_tokens must be >= 0")
         tokens = self.prompt_tokens(request)
@@ -362,7 +362,8 @@ class Engine:
                 generated_tokens_total=self._totals["generated"],
             )
 
-    def _check_sampling(self, s: SamplingParams) -> None:
+    def validate_sampling(self, s: SamplingParams) -> None:
+        """Raise UsageError for sampling settings llama.cpp would reject or misuse."""
         if s.temperature < 0:
             raise UsageError("temperature must be >= 0")
         if not 0.0 < s.top_p <= 1.0:
@@ -590,7 +591,7 @@ class Engine:
         now = time.perf_counter()
         if not job.t_first:
             job.t_first = now
-        if self._ll.llama_vocab_is_eog(self._vocab, token):
+        if self._ll.llama_vocab_is_eog(self._vocab, token) and not job.request.ignore_eos:
             job.next_token = None
             self._end(job, "stop")
             return

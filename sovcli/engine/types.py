@@ -77,6 +77,7 @@ class GenerationRequest:
     add_bos: bool = True  # only for text prompts: add BOS when the model wants one
     parse_special: bool = True  # text prompts: treat <|im_start|> etc. as special tokens
     request_id: str | None = None
+    ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def overloaded(retry_after_s: int, message: str = "server is busy, retry later")
 def from_sovcli_error(exc: SovcliError) -> APIError:
     """Map a library error to the response a client should see (no internals for 5xx)."""
     if isinstance(exc, ContextOverflowError):
-        return APIError(400, exc.message, param="messages", code="context_length_exceeded")
+        return APIError(400, exc.message, code="context_length_exceeded")
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, exc.message, param="model", code="model_not_found")
     status = exc.http_status

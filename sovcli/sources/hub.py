@@ -182,8 +182,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def _list_repo(
     repo: str, revision: str, endpoint: str
-) -> tuple[str | None, dict[str, _RemoteFile]]:
-    """`(commit, {path: _RemoteFile})` of a repo at a revision."""
+) -> tuple[str | None, dict[str, _RemoteFile], bool | None]:
+    """`(commit, {path: _RemoteFile}, gated)` of a repo at a revision."""
     from huggingface_hub import HfApi
 
     try:
@@ -202,7 +202,8 @@ def _list_repo(
             sha256=sha if sha and _SHA256.match(sha) else None,
             sha256_from="hub-lfs" if sha else "none",
         )
-    return info.sha, files
+    gated = getattr(info, "gated", None)
+    return info.sha, files, (bool(gated) if gated is not None else None)
 
 
 def _group_ggufs(files: dict[str, _RemoteFile]) -> dict[str, list[list[str]]]:
@@ -313,18 +314,22 @@ def _download(
     if size is not None:
         ensure_free_space(workdir, size - resume, name)
     headers = build_hf_headers(token=token)
+    download_url = _download_url(url, meta, headers)
+    streamed: str | None = None
     try:
         if size is None or resume < size:
-            with part.open("ab") as fh:
+            with part.open("ab") as raw:
+                fh = _HashingWriter(raw, part, resume)
                 http_get(
-                    meta.location or url,
-                    fh,
+                    download_url,
+                    fh,  # type: ignore[arg-type]
                     resume_size=resume,
                     headers=headers,
                     expected_size=size,
                     displayed_filename=name,
                     tqdm_class=progress.tqdm_class(name),
                 )
+                streamed = fh.hexdigest()
     except KeyboardInterrupt:
         raise  # keep the .part: the next pull resumes from here
     except OSError as exc:
@@ -346,7 +351,7 @@ def _download(
         raise map_hub_error(
             exc, repo=repo, endpoint=endpoint, revision=commit, file=remote.path
         ) from exc
-    digest = sha256_file(part)
+    digest = streamed or sha256_file(part)
     if remote.sha256 and digest != remote.sha256:
         part.unlink(missing_ok=True)
         stamp.unlink(missing_ok=True)
@@ -358,6 +363,79 @@ def _download(
     os.replace(part, final)
     stamp.unlink(missing_ok=True)
     return final, digest, {"commit": meta.commit_hash, "etag": etag, "size": size}
+
+
+class _HashingWriter:
+    """A file wrapper that hashes what the hub client writes, so no second pass is needed.
+
+    Bytes already in a resumed `.part` are hashed first. If the client rewinds (a server that
+    ignored the Range request), the running hash is abandoned and the file is re-hashed.
+    """
+
+    def __init__(self, raw: Any, path: Path, resume: int) -> None:
+        import hashlib
+
+        self._raw = raw
+        self._digest: Any = hashlib.sha256()
+        self._written = 0
+        if resume:
+            with path.open("rb") as existing:
+                while block := existing.read(1 << 20):
+                    self._digest.update(block)
+        self._expected = resume
+
+    def write(self, data: bytes) -> int:
+        if self._digest is not None:
+            self._digest.update(data)
+        self._expected += len(data)
+        return self._raw.write(data)
+
+    def seek(self, *args: Any) -> int:
+        self._digest = None
+        return self._raw.seek(*args)
+
+    def truncate(self, *args: Any) -> int:
+        self._digest = None
+        return self._raw.truncate(*args)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def hexdigest(self) -> str | None:
+        """The sha256 of the whole file, or None when it must be recomputed."""
+        self._raw.flush()
+        if self._digest is None or self._raw.tell() != self._expected:
+            return None
+        return self._digest.hexdigest()
+
+
+def _download_url(url: str, meta: Any, headers: dict[str, str]) -> str:
+    """Where to GET the bytes, as hf_hub_download decides it (and when to drop the token).
+
+    Xet-backed files are fetched from the resolve URL (the client follows the redirect);
+    an LFS file redirected to a CDN host is fetched from there without the Authorization header.
+    """
+    location = getattr(meta, "location", None) or url
+    if getattr(meta, "xet_file_data", None) is not None or location == url:
+        return url
+    try:
+        from huggingface_hub.file_download import _is_same_or_hub_host
+
+        same = _is_same_or_hub_host(url, location)
+    except ImportError:
+        from urllib.parse import urlsplit
+
+        same = urlsplit(url).netloc == urlsplit(location).netloc
+    if not same:
+        headers.pop("authorization", None)
+        headers.pop("Authorization", None)
+    return location
 
 
 def fetch_hub(
@@ -392,6 +470,7 @@ def fetch_hub(
             force=force,
         )
     listing: dict[str, _RemoteFile] = {}
+    gated: bool | None = None
     if src.file:
         validate_file_name(src.file)
         paths = _shards_of(src.file)
@@ -399,7 +478,7 @@ def fetch_hub(
         commit: str | None = None
     else:
         with status(f"Listing {repo}@{rev} on {ep}", quiet):
-            commit, listing = _list_repo(repo, rev, ep)
+            commit, listing, gated = _list_repo(repo, rev, ep)
         tag, paths = _choose(repo, _group_ggufs(listing), quant)
     if not force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
@@ -429,6 +508,7 @@ def fetch_hub(
         "endpoint": ep,
         "files": [r["path"] for r in records],
         "sha256_verified_against": sorted({r["sha256_from"] for r in records}),
+        "gated": gated,
     }
     return Fetched(files=files, source=source, tag=tag, gguf_file=files[0].relpath)
 
@@ -451,7 +531,7 @@ def _fetch_checkpoint(
     if not force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
     with status(f"Listing {repo}@{rev} on {endpoint}", quiet):
-        commit, listing = _list_repo(repo, rev, endpoint)
+        commit, listing, gated = _list_repo(repo, rev, endpoint)
     wanted = [p for p in sorted(listing) if any(pat.match(p) for pat in _CHECKPOINT_PATTERNS)]
     if not any(p.endswith(".safetensors") for p in wanted) or "config.json" not in wanted:
         raise ModelNotFoundError(
@@ -496,6 +576,7 @@ def _fetch_checkpoint(
     source = {
         "kind": "hf",
         "format": "safetensors",
+        "gated": gated,
         "repo": repo,
         "revision": rev,
         "commit": commit,

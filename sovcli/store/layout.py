@@ -38,7 +38,7 @@ def partial_model_dir(name: str, tag: str) -> Path:
     validate_name(name)
     validate_tag(tag)
     root = paths.partial_dir()
-    return _inside(root / name.replace("/", "--") / tag, root)
+    return _inside(root / name.replace("/", "+") / tag, root)
 
 
 def file_in(directory: Path, relpath: str) -> Path:
@@ -50,4 +50,4 @@ def file_in(directory: Path, relpath: str) -> Path:
 def lock_path(name: str) -> Path:
     """The lock file that serializes writes of one model name."""
     validate_name(name)
-    return paths.locks_dir() / (name.replace("/", "--") + ".lock")
+    return paths.locks_dir() / (name.replace("/", "+") + ".lock")

@@ -106,6 +106,15 @@ def tags_of(name: str) -> list[InstalledModel]:
     return out
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush a model file to disk before it is registered (a crash never leaves a torn file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _place(item: FileToInstall, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if item.mode == "move":
@@ -170,6 +179,7 @@ def install(spec: InstallSpec) -> InstalledModel:
                         f"sha256 mismatch for {item.relpath}: got {digest}, expected {item.sha256}",
                         hint="The file was corrupted or tampered with; it was not registered.",
                     )
+            _fsync_file(dest)
             records.append({"path": item.relpath, "sha256": digest, "size": dest.stat().st_size})
         ggufs = [r["path"] for r in records if r["path"].lower().endswith(".gguf")]
         gguf_file = spec.gguf_file or (sorted(ggufs)[0] if ggufs else None)
@@ -242,10 +252,11 @@ def remove(name: str, tag: str) -> Path:
         return target
 
 
-def verify(model: InstalledModel) -> dict[str, Any]:
+def verify(model: InstalledModel, progress: Any = None) -> dict[str, Any]:
     """Re-hash every file against the manifest: {ref, ok, files: [{path, status, ...}]}.
 
     status is 'ok', 'missing', 'size' (size differs) or 'sha256' (content differs).
+    `progress` (a sovcli.sources.progress.PullProgress) shows a bar per file on stderr.
     """
     results = []
     ok = True
@@ -264,7 +275,10 @@ def verify(model: InstalledModel) -> dict[str, Any]:
         elif path.stat().st_size != int(record.get("size", -1)):
             entry.update(status="size", expected=record.get("size"), actual=path.stat().st_size)
         else:
-            digest = sha256_file(path)
+            task = progress.add(f"verify {rel}", path.stat().st_size) if progress else None
+            digest = sha256_file(
+                path, (lambda n, t=task: progress.advance(t, n)) if progress else None
+            )
             if digest != record.get("sha256"):
                 entry.update(status="sha256", expected=record.get("sha256"), actual=digest)
         if entry["status"] != "ok":

@@ -94,7 +94,7 @@ HTML = """<!doctype html><html><head><title>Leave policy</title>
 """
 
 
-def make_corpus(root: Path, *, long_words: int = 3000) -> dict[str, str]:
+def make_corpus(root: Path, *, long_words: int = 90) -> dict[str, str]:
     """Write the test folder; returns {relative path: expected status ('ok' or 'error')}."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "notes.txt").write_text(

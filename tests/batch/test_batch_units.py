@@ -169,3 +169,39 @@ def test_reports_show_one_row_per_document(tmp_path: Path) -> None:
     md = render_report(out, "md")
     assert "2 documents: 1 ok, 1 failed." in md
     assert "| b\\|x.pdf | error |" in md
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from sovcli.cli.main import app
+
+    return CliRunner().invoke(app, ["batch", *args])
+
+
+def test_bad_command_lines_get_one_line_errors(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello")
+    out = str(tmp_path / "r.jsonl")
+    both = _cli("m.gguf", str(docs), "-o", out, "--prompt", "x", "--prompt-file", "p.txt")
+    assert both.exit_code == 2 and "exactly one of --prompt or --prompt-file" in both.output
+    unknown = _cli("m.gguf", str(docs), "-o", out, "--prompt", "Summarise {doc}")
+    assert unknown.exit_code == 2 and "unknown variable {doc}" in unknown.output
+    missing = _cli("m.gguf", str(tmp_path / "nope"), "-o", out, "--prompt", "{text}")
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert "Traceback" not in both.output + unknown.output + missing.output
+
+
+def test_unreachable_endpoint_fails_fast_and_writes_nothing(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello")
+    out = tmp_path / "r.jsonl"
+    result = _cli(
+        "smollm2", str(docs), "-o", str(out), "--prompt", "{text}",
+        "--endpoint", "http://127.0.0.1:9",
+    )  # fmt: skip
+    assert result.exit_code == 5, result.output
+    assert "unreachable" in result.output
+    assert not out.exists() or out.read_bytes() == b""

@@ -32,7 +32,9 @@ def quiet_llama_log() -> None:
 class LlamaModel:
     """One loaded model + context (n_ctx small, CPU only)."""
 
-    def __init__(self, path: Path, n_ctx: int = 512, n_threads: int = 2, f32_cache: bool = False) -> None:
+    def __init__(
+        self, path: Path, n_ctx: int = 512, n_threads: int = 1, f32_cache: bool = False
+    ) -> None:
         import llama_cpp
 
         quiet_llama_log()
@@ -65,12 +67,16 @@ class LlamaModel:
             self._lib.llama_model_free(self.model)
             self.model = None
 
-    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = False, parse_special: bool = False
+    ) -> list[int]:
         """Token ids of `text` as llama.cpp splits it."""
         data = text.encode("utf-8")
         n_max = len(data) + 16
         buf = (self._lib.llama_token * n_max)()
-        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        n = self._lib.llama_tokenize(
+            self.vocab, data, len(data), buf, n_max, add_special, parse_special
+        )
         if n < 0:
             raise RuntimeError("tokenize buffer too small")
         return list(buf[:n])
@@ -113,12 +119,32 @@ class LlamaModel:
             logits = self._decode([tok])
         return out
 
+    def all_logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits at every position of `tokens` (one batch, from an empty cache)."""
+        lib = self._lib
+        self._reset()
+        batch = lib.llama_batch_init(len(tokens), 0, 1)
+        try:
+            batch.n_tokens = len(tokens)
+            for i, tok in enumerate(tokens):
+                batch.token[i] = tok
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            if lib.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            rows = [
+                np.ctypeslib.as_array(
+                    lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)
+                ).copy()
+                for i in range(len(tokens))
+            ]
+        finally:
+            lib.llama_batch_free(batch)
+        return np.stack(rows)
+
     def teacher_forced_argmax(self, prompt: list[int], continuation: list[int]) -> list[int]:
         """The model's top-1 prediction at each step of `continuation`, fed the given tokens."""
-        self._reset()
-        logits = self._decode(prompt)
-        preds: list[int] = []
-        for tok in continuation:
-            preds.append(int(np.argmax(logits)))
-            logits = self._decode([tok])
-        return preds
+        logits = self.all_logits(prompt + continuation[:-1])
+        return [int(x) for x in np.argmax(logits[len(prompt) - 1 :], axis=1)]

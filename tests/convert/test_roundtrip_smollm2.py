@@ -59,7 +59,12 @@ def test_checkpoint_folder_looks_like_a_publishers(smollm2_hf: Path) -> None:
     names = sorted(p.name for p in smollm2_hf.iterdir())
     assert "model.safetensors.index.json" in names
     assert sum(n.endswith(".safetensors") for n in names) == 3
-    for needed in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    for needed in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
         assert needed in names
     tok = json.loads((smollm2_hf / "tokenizer.json").read_text())
     assert len(tok["model"]["merges"]) == 48900
@@ -136,7 +141,18 @@ def test_same_tokenization_as_hf_tokenizers(smollm2_hf: Path, smollm2_f16: Path)
 def smollm2_q8(smollm2_f16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("q8") / "smollm2-Q8_0.gguf"
     result = CliRunner().invoke(
-        app, ["quantize", str(smollm2_f16), "--type", "Q8_0", "-o", str(out), "--threads", "2", "--json"]
+        app,
+        [
+            "quantize",
+            str(smollm2_f16),
+            "--type",
+            "Q8_0",
+            "-o",
+            str(out),
+            "--threads",
+            "2",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -158,11 +174,11 @@ def test_converted_q8_0_generates_like_the_original(smollm2_gguf: Path, smollm2_
             prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
             tokens = original.tokenize(prompt, parse_special=True)
             assert converted.tokenize(prompt, parse_special=True) == tokens
-            reference = original.greedy(tokens, 40)
+            reference = original.greedy(tokens, 32)
             predicted = converted.teacher_forced_argmax(tokens, reference)
-            agree += sum(a == b for a, b in zip(reference, predicted))
+            agree += sum(a == b for a, b in zip(reference, predicted, strict=False))
             total += len(reference)
-            free = converted.greedy(tokens, 3)
+            free = converted.greedy(tokens, 1)
             assert free[0] == reference[0], question
         assert agree / total >= 0.9, f"top-1 agreement {agree}/{total}"
     finally:

@@ -43,15 +43,17 @@ TEKKEN_SPLIT = (
 )
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% endif %}"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 
 # ----------------------------------------------------------------------------- tokenizers
 
 
-def write_bpe_tokenizer(folder: Path, split_regex: str, specials: list[str], vocab_size: int = 384) -> int:
+def write_bpe_tokenizer(
+    folder: Path, split_regex: str, specials: list[str], vocab_size: int = 384
+) -> int:
     """Train a byte-level BPE tokenizer.json with `tokenizers`; return its vocabulary size."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -101,11 +103,67 @@ def spm_pieces(extra_specials: tuple[str, ...] = ()) -> list[tuple[str, float, i
     pieces: list[tuple[str, float, int]] = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
     pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
     words = [
-        "▁", "e", "t", "o", "a", "h", "n", "r", "s", "i", "l", "d", "u", "c", "g", "y", "w",
-        "k", "p", "m", "f", "b", "z", "x", "j", "v", "q", "T", "L",
-        "▁t", "he", "▁the", "▁a", "in", "er", "on", "▁f", "ox", "▁fox", "▁d", "og", "▁dog",
-        "▁b", "ro", "▁bro", "wn", "▁brown", "▁q", "ui", "ck", "▁quick", "▁l", "az", "▁lazy",
-        "▁j", "um", "ps", "▁jumps", "▁o", "ver", "▁over",
+        "▁",
+        "e",
+        "t",
+        "o",
+        "a",
+        "h",
+        "n",
+        "r",
+        "s",
+        "i",
+        "l",
+        "d",
+        "u",
+        "c",
+        "g",
+        "y",
+        "w",
+        "k",
+        "p",
+        "m",
+        "f",
+        "b",
+        "z",
+        "x",
+        "j",
+        "v",
+        "q",
+        "T",
+        "L",
+        "▁t",
+        "he",
+        "▁the",
+        "▁a",
+        "in",
+        "er",
+        "on",
+        "▁f",
+        "ox",
+        "▁fox",
+        "▁d",
+        "og",
+        "▁dog",
+        "▁b",
+        "ro",
+        "▁bro",
+        "wn",
+        "▁brown",
+        "▁q",
+        "ui",
+        "ck",
+        "▁quick",
+        "▁l",
+        "az",
+        "▁lazy",
+        "▁j",
+        "um",
+        "ps",
+        "▁jumps",
+        "▁o",
+        "ver",
+        "▁over",
     ]
     pieces += [(w, -float(i + 1), 1) for i, w in enumerate(words)]
     pieces += [(s, 0.0, 3) for s in extra_specials]
@@ -137,12 +195,15 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "
         import importlib.util
 
         spec = importlib.util.spec_from_file_location(
-            "make_hf_checkpoint", Path(__file__).resolve().parents[2] / "scripts" / "make_hf_checkpoint.py"
+            "make_hf_checkpoint",
+            Path(__file__).resolve().parents[2] / "scripts" / "make_hf_checkpoint.py",
         )
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.write_safetensors(path, {k: ("BF16", module.to_bf16_bits(v)) for k, v in tensors.items()})
+        module.write_safetensors(
+            path, {k: ("BF16", module.to_bf16_bits(v)) for k, v in tensors.items()}
+        )
         return
     from safetensors.numpy import save_file
 
@@ -217,9 +278,16 @@ def build(kind: str, folder: Path, *, dtype: str = "F32", seed: int = 0) -> Path
         vocab = write_spm_tokenizer(
             folder,
             add_dummy_prefix=kind not in ("gemma2", "gemma3"),
-            extra_specials=("<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>") if kind == "phi3" else (),
+            extra_specials=("<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>")
+            if kind == "phi3"
+            else (),
         )
-        tok_config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}
+        tok_config = {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "add_bos_token": True,
+        }
         bos_id, eos_id = 1, 2
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
 
@@ -322,9 +390,28 @@ def build(kind: str, folder: Path, *, dtype: str = "F32", seed: int = 0) -> Path
     config["torch_dtype"] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": True, "temperature": 0.6, "top_p": 0.9})
+        json.dumps(
+            {
+                "bos_token_id": bos_id,
+                "eos_token_id": eos_id,
+                "do_sample": True,
+                "temperature": 0.6,
+                "top_p": 0.9,
+            }
+        )
     )
     return folder
 
 
-KINDS = ("llama2", "llama3", "mistral", "ministral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+KINDS = (
+    "llama2",
+    "llama3",
+    "mistral",
+    "ministral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3",
+    "phi3",
+)

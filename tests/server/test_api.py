@@ -16,16 +16,6 @@ import openai
 import pytest
 from serve_helpers import API_KEY, metric_value, request
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three colors.",
-    "Count from one to five.",
-    "What is 2 plus 2?",
-    "Say hello in Spanish.",
-    "What animal says moo?",
-    "Name a planet in our solar system.",
-    "What is the opposite of hot?",
-]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -316,30 +306,6 @@ def test_embeddings_base64_is_little_endian_float32(server, model_id):
     raw = base64.b64decode(reply.json()["data"][0]["embedding"])
     values = struct.unpack(f"<{len(raw) // 4}f", raw)
     assert len(values) == 576
-
-
-def test_eight_concurrent_streams_each_get_their_own_answer(server, client, model_id):
-    single = [_chat(client, model_id, p).choices[0].message.content for p in PROMPTS]
-
-    async def one(aclient, prompt):
-        stream = await aclient.chat.completions.create(
-            model=model_id,
-            messages=[{"role": "user", "content": prompt}],
-            temperature=0,
-            max_tokens=24,
-            stream=True,
-        )
-        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-    async def main():
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key=API_KEY, max_retries=0
-        ) as aclient:
-            return await asyncio.gather(*(one(aclient, p) for p in PROMPTS))
-
-    concurrent = asyncio.run(main())
-    assert concurrent == single
-    assert len(set(single)) == len(PROMPTS)
 
 
 def _active(server) -> float:

@@ -120,15 +120,15 @@ def test_audit_content_writes_prompt_and_completion(small_server, smollm2_gguf):
         max_tokens=8,
         temperature=0,
     )
+    wanted = [{"role": "user", "content": "Say quokka."}]
+    record = None
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while record is None and time.monotonic() < deadline:
         records = [json.loads(x) for x in small_server.audit_path.read_text().splitlines()]
-        chats = [r for r in records if r["endpoint"] == "/v1/chat/completions"]
-        if chats:
-            break
+        record = next((r for r in records if r.get("prompt") == wanted), None)
         time.sleep(0.05)
-    record = chats[-1]
-    assert record["prompt"] == [{"role": "user", "content": "Say quokka."}]
+    assert record is not None
+    assert record["endpoint"] == "/v1/chat/completions"
     assert record["completion"] == reply.choices[0].message.content
     assert record["key_id"] is None
 

@@ -99,6 +99,7 @@ class HubServer:
         self.gated: dict[str, str] = {}
         self.fail_status: dict[str, int] = {}
         self.throttle: int | None = None  # bytes per second for file bodies
+        self.cdn_redirect = False  # LFS files answer 302 to a "CDN" on http://localhost:<port>
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -242,6 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.requests.append((self.command, path, dict(self.headers.items())))
         if path.startswith("/api/models/"):
             self._api(path[len("/api/models/") :], parse_qs(split.query), head_only)
+        elif path.startswith("/cdn/"):
+            repo_id, _, rest = path[len("/cdn/") :].partition("/-/")
+            commit, _, file_path = rest.partition("/")
+            self._cdn(unquote(repo_id), commit, unquote(file_path), head_only)
         elif "/resolve/" in path:
             repo_id, rest = path.lstrip("/").split("/resolve/", 1)
             rev, _, file_path = rest.partition("/")
@@ -312,6 +317,35 @@ class _Handler(BaseHTTPRequestHandler):
         if file_path in hub.fail_status:
             self._error(hub.fail_status[file_path], None, "injected failure", head_only)
             return
+        if f.lfs and hub.cdn_redirect:
+            port = self.server.server_address[1]
+            location = f"http://localhost:{port}/cdn/{repo_id}/-/{commit}/{file_path}"
+            self._send(
+                302,
+                b"",
+                {
+                    "X-Repo-Commit": commit,
+                    "Location": location,
+                    "ETag": f'"{f.git_oid}"',
+                    "X-Linked-Etag": f'"{f.sha256}"',
+                    "X-Linked-Size": str(f.size),
+                },
+                head_only,
+            )
+            return
+        self._serve_file(f, commit, head_only)
+
+    def _cdn(self, repo_id: str, commit: str, file_path: str, head_only: bool) -> None:
+        repo = self.hub.repos.get(repo_id)
+        f = repo.files.get(file_path) if repo else None
+        if f is None:
+            self._error(404, None, "no such blob", head_only)
+            return
+        self._serve_file(f, commit, head_only)
+
+    def _serve_file(self, f: _File, commit: str, head_only: bool) -> None:
+        hub = self.hub
+        file_path = f.path
         headers = {
             "X-Repo-Commit": commit,
             "Accept-Ranges": "bytes",

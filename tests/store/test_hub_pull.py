@@ -108,7 +108,7 @@ def test_interrupted_pull_resumes_from_partial_file(
 ) -> None:
     """A pull killed mid-file left `<file>.part`: the next pull asks only for the rest."""
     hub.add_repo("org/big-GGUF", {"big-Q4_K_M.gguf": tiny_ggufs["big"]})
-    partial = isolated_env / "partial" / "org--big-GGUF" / "Q4_K_M"
+    partial = isolated_env / "partial" / "org+big-GGUF" / "Q4_K_M"
     partial.mkdir(parents=True)
     (partial / "big-Q4_K_M.gguf.part").write_bytes(tiny_ggufs["big"].read_bytes()[:7_000_000])
     (partial / "big-Q4_K_M.gguf.etag").write_text(hub.sha256("org/big-GGUF", "big-Q4_K_M.gguf"))
@@ -141,6 +141,7 @@ def test_gated_repo_401_403_and_token(runner, hub, tiny_ggufs, monkeypatch) -> N
     assert result.exit_code == 6 and "403" in result.stderr
     monkeypatch.setenv("HF_TOKEN", "hf_good")
     assert runner.invoke(app, ["pull", f"hf:{repo}", "-q"]).exit_code == 0
+    assert find_installed(f"hf:{repo}").manifest["gated"] is True
     auth = {
         h.get("Authorization") or h.get("authorization")
         for m, p, h in hub.requests
@@ -274,7 +275,7 @@ def test_killed_pull_registers_nothing_and_resumes(hub, tiny_ggufs, isolated_env
     env = {**os.environ, "HF_ENDPOINT": hub.url}
     cmd = [sys.executable, "-m", "sovcli", "pull", "hf:org/big-GGUF", "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    part = isolated_env / "partial" / "org--big-GGUF" / "Q4_K_M" / "big-Q4_K_M.gguf.part"
+    part = isolated_env / "partial" / "org+big-GGUF" / "Q4_K_M" / "big-Q4_K_M.gguf.part"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 10_000_000):
         time.sleep(0.05)
@@ -382,3 +383,18 @@ def test_hub_file_that_is_not_a_gguf(runner, hub, isolated_env: Path) -> None:
     assert result.exit_code == 7 and "is not a GGUF file" in result.stderr
     assert find_installed("org/html-GGUF") is None
     assert not [p for p in (isolated_env / "partial").rglob("*") if p.is_file()]
+
+
+def test_lfs_redirect_to_cdn_drops_the_token(runner, hub, tiny_ggufs, monkeypatch) -> None:
+    """As on huggingface.co: the resolve URL answers 302 to a CDN host that gets no token."""
+    repo = _repo(hub, tiny_ggufs, "Q4_K_M")
+    hub.cdn_redirect = True
+    hub.require_token = None
+    hub.gated[repo] = "hf_good"
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    result = runner.invoke(app, ["pull", f"hf:{repo}", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    cdn = [h for m, p, h in hub.requests if m == "GET" and p.startswith("/cdn/")]
+    assert len(cdn) == 1
+    assert "Authorization" not in cdn[0] and "authorization" not in cdn[0]
+    assert json.loads(result.stdout)["files"][0]["sha256"] == hub.sha256(repo, "tiny-Q4_K_M.gguf")

