@@ -227,14 +227,18 @@ def _group_ggufs(files: dict[str, _RemoteFile]) -> dict[str, list[list[str]]]:
     return groups
 
 
+def _is_checkpoint(listing: dict[str, _RemoteFile]) -> bool:
+    """True when a repo listing holds a Hugging Face safetensors checkpoint."""
+    return "config.json" in listing and any(p.endswith(".safetensors") for p in listing)
+
+
 def _choose(
     repo: str, groups: dict[str, list[list[str]]], quant: str | None
 ) -> tuple[str, list[str]]:
     if not groups:
         raise ModelNotFoundError(
-            f"{repo} holds no GGUF file",
-            hint='For a safetensors checkpoint use a catalog entry with format = "safetensors" '
-            "or `sovcli convert`.",
+            f"{repo} holds neither a GGUF file nor a safetensors checkpoint",
+            hint="Check the repo name, or convert a local checkpoint with `sovcli convert`.",
         )
     if quant is not None:
         if quant not in groups:
@@ -479,7 +483,21 @@ def fetch_hub(
     else:
         with status(f"Listing {repo}@{rev} on {ep}", quiet):
             commit, listing, gated = _list_repo(repo, rev, ep)
-        tag, paths = _choose(repo, _group_ggufs(listing), quant)
+        groups = _group_ggufs(listing)
+        if not groups and _is_checkpoint(listing):
+            return _fetch_checkpoint(
+                src,
+                name=name,
+                quant=quant,
+                rev=rev,
+                endpoint=ep,
+                progress=progress,
+                quiet=quiet,
+                keep_source=keep_source,
+                force=force,
+                listed=(commit, listing, gated),
+            )
+        tag, paths = _choose(repo, groups, quant)
     if not force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
     remotes = [listing.get(p) or _RemoteFile(path=p) for p in paths]
@@ -524,16 +542,22 @@ def _fetch_checkpoint(
     quiet: bool,
     keep_source: bool,
     force: bool,
+    listed: tuple[str | None, dict[str, _RemoteFile], bool | None] | None = None,
 ) -> Fetched:
-    """Download a safetensors checkpoint (verified), convert it to GGUF, hand back the GGUF."""
+    """Download a safetensors checkpoint (verified), convert it to GGUF, hand back the GGUF.
+
+    `listed` is the repo listing when the caller already has it.
+    """
     repo = src.repo or ""
-    tag = quant or src.quant or "F16"
+    tag = quant or src.quant or DEFAULT_QUANT
     if not force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
-    with status(f"Listing {repo}@{rev} on {endpoint}", quiet):
-        commit, listing, gated = _list_repo(repo, rev, endpoint)
+    if listed is None:
+        with status(f"Listing {repo}@{rev} on {endpoint}", quiet):
+            listed = _list_repo(repo, rev, endpoint)
+    commit, listing, gated = listed
     wanted = [p for p in sorted(listing) if any(pat.match(p) for pat in _CHECKPOINT_PATTERNS)]
-    if not any(p.endswith(".safetensors") for p in wanted) or "config.json" not in wanted:
+    if not _is_checkpoint(listing):
         raise ModelNotFoundError(
             f"{repo} is not a safetensors checkpoint (no config.json / *.safetensors)"
         )

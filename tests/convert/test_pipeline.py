@@ -120,3 +120,22 @@ def test_pull_safetensors_repo_converts_and_records(
     assert inputs["model.safetensors"] == sha256_file(folder / "model.safetensors")
     assert conversion["output"]["sha256"] == sha256_file(Path(model.gguf_path))
     assert manifest["source"]["repo"] == "acme/tiny-llama"
+
+
+def test_pull_hf_reference_of_a_checkpoint_converts_to_the_default_quant(
+    hub, tiny_checkpoint
+) -> None:
+    """`sovcli pull hf:org/repo` of a repo with no GGUF but a safetensors checkpoint converts it
+    and quantizes to the default Q4_K_M, with the conversion chain in the manifest."""
+    folder = tiny_checkpoint("llama3", "BF16")
+    hub.add_folder("acme/tiny-ckpt", folder)
+    result = CliRunner().invoke(app, ["pull", "hf:acme/tiny-ckpt", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    from sovcli.store import find_installed
+
+    model = find_installed("hf:acme/tiny-ckpt:Q4_K_M")
+    assert model is not None and model.tag == "Q4_K_M"
+    conversion = model.manifest["conversion"]
+    assert conversion["quant_type"] == "Q4_K_M"
+    assert conversion["output"]["sha256"] == sha256_file(Path(model.gguf_path))
