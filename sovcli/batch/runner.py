@@ -399,7 +399,9 @@ class BatchRunner:
 
     # --- one document -------------------------------------------------------------------
 
-    def _base_record(self, doc: Document, backend_label: str) -> dict[str, Any]:
+    def _base_record(
+        self, doc: Document, backend_label: str, started_at: str | None = None
+    ) -> dict[str, Any]:
         return {
             "path": doc.rel,
             "sha256": doc.sha256,
@@ -409,14 +411,20 @@ class BatchRunner:
             "params": self.job.params,
             "params_sha256": self.job.params_sha256,
             "backend": backend_label,
-            "started_at": _now(),
+            "started_at": started_at or _now(),
             "sovcli": __version__,
         }
 
     def _error_record(
-        self, doc: Document, kind: str, message: str, seconds: float, backend: str = ""
+        self,
+        doc: Document,
+        kind: str,
+        message: str,
+        seconds: float,
+        backend: str = "",
+        started_at: str | None = None,
     ) -> dict[str, Any]:
-        record = self._base_record(doc, backend)
+        record = self._base_record(doc, backend, started_at)
         record.update(
             status="error",
             error=message,
@@ -432,9 +440,11 @@ class BatchRunner:
     def process(self, doc: Document, backend: Backend) -> dict[str, Any]:
         """Run the job on one document; returns its record (raises BackendFailure 'network')."""
         started = time.monotonic()
+        started_at = _now()
 
         def failed(kind: str, message: str) -> dict[str, Any]:
-            return self._error_record(doc, kind, message, time.monotonic() - started, backend.label)
+            seconds = time.monotonic() - started
+            return self._error_record(doc, kind, message, seconds, backend.label, started_at)
 
         if doc.read_error:
             return failed("input", doc.read_error)
@@ -472,7 +482,7 @@ class BatchRunner:
             if failure.kind == "network":
                 raise
             return failed(failure.kind, failure.message)
-        record = self._base_record(doc, backend.label)
+        record = self._base_record(doc, backend.label, started_at)
         record.update(status="ok", error=None, error_kind=None, output=output)
         if settings.schema is not None:
             record["valid"] = True

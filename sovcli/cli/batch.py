@@ -291,13 +291,8 @@ def _run(
                 engine.close()
 
 
-def _local_backend(
-    installed: Any, parallel: int, ctx: int | None, to_do: int
-) -> tuple[Any, list[Any]]:
+def _local_backend(installed: Any, parallel: int, ctx: int | None) -> tuple[Any, list[Any]]:
     from sovcli.batch.backends import LocalBackend
-
-    if to_do == 0:  # nothing to do: do not load the model
-        return None, [_IdleBackend()]
     from sovcli.engine.core import Engine
     from sovcli.engine.types import EngineConfig
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-DOCTOR_HELP = """Check this machine: CPU features, cores, memory, Metal, llama.cpp build, store, offline.
+DOCTOR_HELP = """Check this machine: CPU features, cores, memory, Metal, llama.cpp, store, offline.
 
 Nothing is sent anywhere: every figure is read locally.
 
@@ -26,7 +26,17 @@ Examples:
   sovcli doctor --json
 """
 
-_X86_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni", "avx_vnni", "amx_tile")
+_X86_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vnni",
+    "avx_vnni",
+    "amx_tile",
+)
 _ARM_FLAGS = ("neon", "asimd", "asimddp", "sve", "i8mm", "fphp")
 
 
@@ -65,14 +75,20 @@ def _cpu_mac() -> dict[str, Any]:
     features = []
     if platform.machine() == "arm64":
         features.append("neon")
-        for key, name in (("hw.optional.arm.FEAT_DotProd", "dotprod"), ("hw.optional.arm.FEAT_I8MM", "i8mm")):
+        for key, name in (
+            ("hw.optional.arm.FEAT_DotProd", "dotprod"),
+            ("hw.optional.arm.FEAT_I8MM", "i8mm"),
+        ):
             if _sysctl(key) == "1":
                 features.append(name)
     else:
         for key, name in (("hw.optional.avx2_0", "avx2"), ("hw.optional.avx512f", "avx512f")):
             if _sysctl(key) == "1":
                 features.append(name)
-    return {"model": _sysctl("machdep.cpu.brand_string") or platform.processor(), "features": features}
+    return {
+        "model": _sysctl("machdep.cpu.brand_string") or platform.processor(),
+        "features": features,
+    }
 
 
 def _memory() -> dict[str, int | None]:
@@ -194,16 +210,20 @@ def _print_report(report: dict[str, Any]) -> None:
         f"{cpu['physical_cores']} physical, {cpu['logical_cpus']} logical, "
         f"{cpu['usable_cpus']} usable -> default threads {cpu['physical_cores']}",
     )
-    table.add_row("CPU features", ", ".join(cpu["features"]) or "none of the SIMD sets llama.cpp uses")
-    table.add_row("memory", f"{_gib(mem['total_bytes'])} total, {_gib(mem['available_bytes'])} available")
+    table.add_row(
+        "CPU features", ", ".join(cpu["features"]) or "none of the SIMD sets llama.cpp uses"
+    )
+    table.add_row(
+        "memory", f"{_gib(mem['total_bytes'])} total, {_gib(mem['available_bytes'])} available"
+    )
     if ll.get("available"):
         table.add_row("llama.cpp", f"llama-cpp-python {ll['llama_cpp_python']}")
         table.add_row("system info", ll.get("system_info", ""))
         table.add_row(
             "Metal",
-            "yes, layers offload by default" if ll["metal"] else (
-                "GPU offload available" if ll["gpu_offload"] else "no (CPU only)"
-            ),
+            "yes, layers offload by default"
+            if ll["metal"]
+            else ("GPU offload available" if ll["gpu_offload"] else "no (CPU only)"),
         )
         table.add_row("mmap / mlock", f"{ll['mmap']} / {ll['mlock']}")
     else:

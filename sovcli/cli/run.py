@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import replace
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from sovcli.errors import ContextOverflowError, SovcliError, UsageError
+from sovcli.errors import SovcliError, UsageError
 
 if TYPE_CHECKING:
     from sovcli.engine.core import Engine
@@ -165,16 +166,16 @@ class ChatSession:
         reserve = self.max_tokens or 256
         try:
             kept, prompt, dropped = fit_messages(self.engine, self.conversation(), reserve)
-        except ContextOverflowError:
-            self.messages.pop()
+            stream = self.engine.submit(
+                GenerationRequest(prompt, max_tokens=self.max_tokens, sampling=self.sampling)
+            )
+        except (SovcliError, KeyboardInterrupt):
+            self.messages.pop()  # nothing was generated: forget the message
             raise
         if dropped:
             skip = 1 if self.system else 0
             self.messages = kept[skip:]
             log(f"(the oldest {dropped} message(s) were dropped to fit the context)")
-        stream = self.engine.submit(
-            GenerationRequest(prompt, max_tokens=self.max_tokens, sampling=self.sampling)
-        )
         result = _stream_to_stdout(stream)
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -328,10 +329,8 @@ def chat_loop(session: ChatSession) -> None:
     """The REPL: read, reply, repeat until /exit or Ctrl-D."""
     from sovcli.console import log
 
-    try:
-        import readline  # noqa: F401  (line editing and in-memory history for input())
-    except ImportError:  # pragma: no cover - Windows
-        pass
+    with contextlib.suppress(ImportError):  # line editing and in-memory history for input()
+        import readline  # noqa: F401
     interactive = sys.stdin.isatty()
     prompt = ">>> " if interactive else ""
     if interactive:

@@ -32,9 +32,7 @@ def fit_messages(
         n_tokens = len(engine.prompt_tokens(GenerationRequest(prompt)))
         if n_tokens + reserve <= n_ctx:
             return kept, prompt, dropped
-        removable = [
-            i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"
-        ]
+        removable = [i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"]
         if not removable:
             raise ContextOverflowError(
                 f"the message needs {n_tokens} tokens but the context holds {n_ctx}",

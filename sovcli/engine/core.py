@@ -250,12 +250,16 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ text <-> tokens
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         """Token ids of `text` (BOS added when `add_special` and the model wants one)."""
         data = text.encode("utf-8")
         n_max = len(data) + 8
         buf = (ctypes.c_int32 * n_max)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        n = self._ll.llama_tokenize(
+            self._vocab, data, len(data), buf, n_max, add_special, parse_special
+        )
         if n < 0:
             n_max = -n
             buf = (ctypes.c_int32 * n_max)()
@@ -313,12 +317,14 @@ class Engine:
             tokens = [int(t) for t in request.prompt]
             bad = [t for t in tokens if t < 0 or t >= self._n_vocab]
             if bad:
-                raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self._n_vocab - 1})")
+                raise UsageError(
+                    f"token id {bad[0]} is outside the vocabulary (0..{self._n_vocab - 1})"
+                )
         return tokens
 
     # ------------------------------------------------------------------ requests
     def submit(self, request: GenerationRequest) -> TokenStream:
-        """Queue `request`; returns its stream at once. Raises ContextOverflowError if it cannot fit."""
+        """Queue `request` and return its stream at once; ContextOverflowError if it cannot fit."""
         if self._closed:
             raise EngineError("the engine is closed")
         self.validate_sampling(request.sampling)
@@ -440,7 +446,7 @@ class Engine:
         return starting
 
     def _start(self, job: _Job) -> None:
-        """Prepare an admitted job: trim its slot's cache to the shared prefix, build its sampler."""
+        """Prepare an admitted job: trim its slot's cache to the shared prefix, make its sampler."""
         ll = self._ll
         slot = job.slot
         assert slot is not None

@@ -16,7 +16,7 @@ def _linux_physical_cores() -> int | None:
         return None
     cores: set[tuple[str, str]] = set()
     physical_id = core_id = None
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if not line.strip():
             if core_id is not None:
                 cores.add((physical_id or "0", core_id))

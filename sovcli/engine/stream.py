@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,10 +35,8 @@ class TokenStream:
             self._cond.notify_all()
             waiters = list(self._waiters)
         for loop, ready in waiters:
-            try:
+            with contextlib.suppress(RuntimeError):  # the reader's loop is closed
                 loop.call_soon_threadsafe(ready.set)
-            except RuntimeError:  # the reader's loop is closed
-                pass
 
     def finish(self, result: GenerationResult, last: TokenEvent) -> None:
         """Store the result and push the final event."""

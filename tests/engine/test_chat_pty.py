@@ -18,13 +18,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def chat(smollm2_gguf, tmp_path):
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "sovcli", "chat", str(smollm2_gguf), "--temperature", "0", "--ctx", "1024",
-         "--max-tokens", "600"],
+        [
+            "-m",
+            "sovcli",
+            "chat",
+            str(smollm2_gguf),
+            "--temperature",
+            "0",
+            "--ctx",
+            "1024",
+            "--max-tokens",
+            "24",
+        ],
         cwd=str(tmp_path),
         encoding="utf-8",
         timeout=300,
         dimensions=(40, 200),
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
     )
     child.expect_exact(PROMPT)
     yield child
@@ -32,6 +45,7 @@ def chat(smollm2_gguf, tmp_path):
         child.terminate(force=True)
 
 
+@pytest.mark.timeout(900)
 def test_chat_session_with_ctrl_c_commands_and_ctrl_d(chat, tmp_path):
     # A reply that streams.
     chat.sendline("Say hello.")
@@ -40,10 +54,15 @@ def test_chat_session_with_ctrl_c_commands_and_ctrl_d(chat, tmp_path):
     assert first_reply.strip()
 
     # A long reply stopped with Ctrl-C keeps the session.
+    chat.sendline("/set max_tokens 2000")
+    chat.expect_exact(PROMPT)
     chat.sendline("Write a very long story about a dragon and a knight.")
-    chat.expect(r"\w+ \w+ \w+")  # text is streaming
+    chat.expect_exact("a knight.")  # the terminal's echo of the input line
+    chat.expect(r"\w+ \w+ \w+")  # the reply is streaming
     chat.sendintr()
     chat.expect_exact("(reply stopped)")
+    chat.expect_exact(PROMPT)
+    chat.sendline("/set max_tokens 24")
     chat.expect_exact(PROMPT)
 
     # Multi-line input in a triple-quote block.

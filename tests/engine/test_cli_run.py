@@ -24,8 +24,21 @@ def test_run_prompt_argument_is_deterministic_at_temperature_zero(installed_smol
 
 def test_run_reads_stdin_and_prints_stats(smollm2_gguf):
     proc = subprocess.run(
-        [sys.executable, "-m", "sovcli", "run", str(smollm2_gguf), "-", "--temperature", "0",
-         "--max-tokens", "8", "--stats", "--ctx", "512"],
+        [
+            sys.executable,
+            "-m",
+            "sovcli",
+            "run",
+            str(smollm2_gguf),
+            "-",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "--stats",
+            "--ctx",
+            "512",
+        ],
         input="Name a colour.",
         capture_output=True,
         text=True,
@@ -41,8 +54,19 @@ def test_run_reads_stdin_and_prints_stats(smollm2_gguf):
 def test_run_piped_stdin_without_dash_and_stop(smollm2_gguf):
     result = runner.invoke(
         app,
-        ["run", str(smollm2_gguf), "--raw", "--temperature", "0", "--max-tokens", "30",
-         "--stop", ",", "--ctx", "512"],
+        [
+            "run",
+            str(smollm2_gguf),
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "30",
+            "--stop",
+            ",",
+            "--ctx",
+            "512",
+        ],
         input="Monday, Tuesday, Wednesday",
     )
     assert result.exit_code == 0, result.output
@@ -77,8 +101,21 @@ def test_doctor_json_reports_machine_and_store():
 def test_bench_json_small(smollm2_gguf):
     result = runner.invoke(
         app,
-        ["bench", str(smollm2_gguf), "--pp", "16", "--tg", "4", "--parallel", "1,2",
-         "--parallel-tokens", "4", "-r", "1", "--json"],
+        [
+            "bench",
+            str(smollm2_gguf),
+            "--pp",
+            "16",
+            "--tg",
+            "4",
+            "--parallel",
+            "1,2",
+            "--parallel-tokens",
+            "4",
+            "-r",
+            "1",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -120,7 +120,10 @@ def test_four_sequences_batched_match_each_alone(engine):
     assert engine.stats().n_parallel == 4
     together = [[t for e in s for t in e.token_ids] for s in streams]
     assert together == alone
-    assert all(s.result().cached_prompt_tokens < len(engine.tokenize(p)) - 3 for s, p in zip(streams, prompts))
+    assert all(
+        s.result().cached_prompt_tokens < len(engine.tokenize(p)) - 3
+        for s, p in zip(streams, prompts, strict=True)
+    )
 
 
 def test_prefix_reuse_on_follow_up_turn(engine):
@@ -218,8 +221,8 @@ def test_embed_returns_unit_vectors(engine):
     assert len(vectors) == 3 and len(vectors[0]) == engine.info.n_embd
     for v in vectors:
         assert math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4)
-    same = sum(a * b for a, b in zip(vectors[0], vectors[1]))
-    other = sum(a * b for a, b in zip(vectors[0], vectors[2]))
+    same = sum(a * b for a, b in zip(vectors[0], vectors[1], strict=True))
+    other = sum(a * b for a, b in zip(vectors[0], vectors[2], strict=True))
     assert same > 0.999 and other < same
 
 
