@@ -81,11 +81,11 @@ def test_serve_answers_on_loopback_and_connects_nowhere(
     driver.write_text(
         textwrap.dedent(
             f"""
-            import json, signal, socket, subprocess, sys, time, urllib.request
+            import json, os, signal, socket, subprocess, sys, time, urllib.request
             s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
             server = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=connect", "-o",
                 {str(log)!r}, sys.executable, "-m", "sovcli", "serve", "smollm2-135m",
-                "--port", str(port)])
+                "--port", str(port)], start_new_session=True)
             base = f"http://127.0.0.1:{{port}}"
             try:
                 for _ in range(600):
@@ -103,7 +103,7 @@ def test_serve_answers_on_loopback_and_connects_nowhere(
                     answer = json.load(r)
                 print(answer["choices"][0]["message"]["content"])
             finally:
-                server.send_signal(signal.SIGTERM)
+                os.killpg(server.pid, signal.SIGTERM)  # strace and the server it traces
                 server.wait(timeout=60)
             """
         )

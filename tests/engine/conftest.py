@@ -10,11 +10,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def engine(smollm2_gguf: Path) -> Iterator:
-    """A loaded Engine with 4 parallel sequences and 512 tokens of context each."""
+    """A loaded Engine with 4 parallel sequences and 512 tokens of context each.
+
+    One thread: on a shared CI machine, two OpenMP threads stall each other at every barrier
+    when another process takes a core (measured 10-50x slower); the results are identical.
+    """
     from sovcli.engine.core import Engine
     from sovcli.engine.types import EngineConfig
 
-    eng = Engine(EngineConfig(model_path=str(smollm2_gguf), n_parallel=4, n_ctx=512))
+    eng = Engine(EngineConfig(model_path=str(smollm2_gguf), n_parallel=4, n_ctx=512, n_threads=1))
     yield eng
     eng.close()
 

@@ -27,6 +27,8 @@ def chat(smollm2_gguf, tmp_path):
             "0",
             "--ctx",
             "1024",
+            "--threads",
+            "1",
             "--max-tokens",
             "24",
         ],

@@ -14,7 +14,17 @@ runner = CliRunner()
 
 
 def test_run_prompt_argument_is_deterministic_at_temperature_zero(installed_smollm2):
-    args = ["run", "smollm2-135m", "What is 2+2?", "--temperature", "0", "--max-tokens", "12"]
+    args = [
+        "run",
+        "smollm2-135m",
+        "What is 2+2?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--threads",
+        "1",
+    ]
     first = runner.invoke(app, args)
     second = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -33,6 +43,8 @@ def test_run_reads_stdin_and_prints_stats(smollm2_gguf):
             "-",
             "--temperature",
             "0",
+            "--threads",
+            "1",
             "--max-tokens",
             "8",
             "--stats",
@@ -60,6 +72,8 @@ def test_run_piped_stdin_without_dash_and_stop(smollm2_gguf):
             "--raw",
             "--temperature",
             "0",
+            "--threads",
+            "1",
             "--max-tokens",
             "30",
             "--stop",
@@ -103,6 +117,8 @@ def test_bench_json_small(smollm2_gguf):
         app,
         [
             "bench",
+            "--threads",
+            "1",
             str(smollm2_gguf),
             "--pp",
             "16",
