@@ -10,6 +10,7 @@ the hub's own LFS hash before it is registered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -461,18 +462,20 @@ def fetch_hub(
         raise _offline_error(f"{name}" + (f":{quant}" if quant else ""))
     ep = hub_endpoint(endpoint)
     rev = revision or src.revision or "main"
+    checkpoint = functools.partial(
+        _fetch_checkpoint,
+        src,
+        name=name,
+        quant=quant,
+        rev=rev,
+        endpoint=ep,
+        progress=progress,
+        quiet=quiet,
+        keep_source=keep_source,
+        force=force,
+    )
     if src.format == "safetensors":
-        return _fetch_checkpoint(
-            src,
-            name=name,
-            quant=quant,
-            rev=rev,
-            endpoint=ep,
-            progress=progress,
-            quiet=quiet,
-            keep_source=keep_source,
-            force=force,
-        )
+        return checkpoint()
     listing: dict[str, _RemoteFile] = {}
     gated: bool | None = None
     if src.file:
@@ -485,18 +488,7 @@ def fetch_hub(
             commit, listing, gated = _list_repo(repo, rev, ep)
         groups = _group_ggufs(listing)
         if not groups and _is_checkpoint(listing):
-            return _fetch_checkpoint(
-                src,
-                name=name,
-                quant=quant,
-                rev=rev,
-                endpoint=ep,
-                progress=progress,
-                quiet=quiet,
-                keep_source=keep_source,
-                force=force,
-                listed=(commit, listing, gated),
-            )
+            return checkpoint(listed=(commit, listing, gated))
         tag, paths = _choose(repo, groups, quant)
     if not force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
