@@ -362,6 +362,25 @@ def chat_loop(session: ChatSession) -> None:
             sys.stdout.write("\n")
 
 
+def _chat(
+    model: str,
+    ctx: int | None,
+    threads: int | None,
+    verbose: bool,
+    sampling: SamplingParams,
+    max_tokens: int,
+    system: str | None,
+) -> None:
+    """Load MODEL and run the chat REPL until the user leaves."""
+    engine = _open_engine(model, ctx, threads, verbose)
+    try:
+        session = ChatSession(engine, sampling, max_tokens or None)
+        session.system = system
+        chat_loop(session)
+    finally:
+        engine.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add `run` and `chat` to the app."""
 
@@ -391,13 +410,7 @@ def register(app: typer.Typer) -> None:
         if max_tokens < 0:
             raise UsageError("--max-tokens must be >= 0")
         if text is None:  # a terminal and no prompt: chat
-            engine = _open_engine(model, ctx, threads, verbose)
-            try:
-                session = ChatSession(engine, sampling, max_tokens or None)
-                session.system = system
-                chat_loop(session)
-            finally:
-                engine.close()
+            _chat(model, ctx, threads, verbose, sampling, max_tokens, system)
             return
         if not text.strip():
             raise UsageError("the prompt is empty", hint='Give a prompt: sovcli run MODEL "..."')
@@ -445,10 +458,4 @@ def register(app: typer.Typer) -> None:
         sampling = _sampling(temperature, top_p, top_k, min_p, seed, repeat_penalty)
         if max_tokens < 0:
             raise UsageError("--max-tokens must be >= 0")
-        engine = _open_engine(model, ctx, threads, verbose)
-        try:
-            session = ChatSession(engine, sampling, max_tokens or None)
-            session.system = system
-            chat_loop(session)
-        finally:
-            engine.close()
+        _chat(model, ctx, threads, verbose, sampling, max_tokens, system)

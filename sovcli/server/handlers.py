@@ -236,10 +236,7 @@ class Handlers:
         if chat.options.stream:
             events = self._chat_events(handle, stream, release, fmt, chat, tools, record)
             return SSEResponse(events, self._disconnect_callback(stream, record))  # type: ignore[return-value]
-        try:
-            result = await self._collect(request, handle, stream, record)
-        finally:
-            release()
+        result = await self._collect(request, handle, stream, record, release)
         if result is None:
             return Response(status_code=499)
         text = result.text
@@ -277,10 +274,7 @@ class Handlers:
                 handle, stream, release, fmt, req.options, record, echo
             )
             return SSEResponse(events, self._disconnect_callback(stream, record))  # type: ignore[return-value]
-        try:
-            result = await self._collect(request, handle, stream, record)
-        finally:
-            release()
+        result = await self._collect(request, handle, stream, record, release)
         if result is None:
             return Response(status_code=499)
         record.finish_reason = self._finish_reason(result)
@@ -436,9 +430,25 @@ class Handlers:
             return await asyncio.to_thread(stream.result, RESULT_TIMEOUT_S)
 
     async def _collect(
+        self,
+        request: Request,
+        handle: ModelHandle,
+        stream: GenerationStream,
+        record: RequestRecord,
+        release: Callable[[], None],
+    ) -> GenerationResult | None:
+        """Wait for the whole result, then `release` the queue place.
+
+        None (sequence cancelled) if the client leaves first.
+        """
+        try:
+            return await self._collect_unreleased(request, handle, stream, record)
+        finally:
+            release()
+
+    async def _collect_unreleased(
         self, request: Request, handle: ModelHandle, stream: GenerationStream, record: RequestRecord
     ) -> GenerationResult | None:
-        """Wait for the whole result; None (sequence cancelled) if the client leaves first."""
 
         async def consume() -> None:
             async for event in stream:
