@@ -82,6 +82,10 @@ class Report:
     rss_start_mib: float | None
     rss_end_mib: float | None
     rss_growth_mib: float | None
+    # Growth after a warm-up (a quarter of the run, at most 60 s): bounded caches such as the
+    # prompt cache fill during the warm-up; a leak keeps growing after it.
+    rss_warm_mib: float | None = None
+    rss_growth_after_warmup_mib: float | None = None
     error_kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -304,9 +308,18 @@ async def run_load(
         finally:
             await conn.close()
 
+    rss_warm: float | None = None
+
+    async def sample_rss_after_warmup() -> None:
+        nonlocal rss_warm
+        await asyncio.sleep(min(60.0, duration_s / 4))
+        rss_warm = rss_mib(server_pid)
+
     started = time.perf_counter()
+    warmup = asyncio.create_task(sample_rss_after_warmup())
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
+    warmup.cancel()
     rss_end = rss_mib(server_pid)
     ok = [s for s in samples if s.ok]
     errors = [s for s in samples if not s.ok]
@@ -332,6 +345,8 @@ async def run_load(
         rss_start_mib=_round(rss_start, 1),
         rss_end_mib=_round(rss_end, 1),
         rss_growth_mib=_round(rss_end - rss_start, 1) if rss_start and rss_end else None,
+        rss_warm_mib=_round(rss_warm, 1),
+        rss_growth_after_warmup_mib=_round(rss_end - rss_warm, 1) if rss_warm and rss_end else None,
         error_kinds=kinds,
     )
 
@@ -413,6 +428,11 @@ def print_report(report: Report) -> None:
         print(
             f"  server RSS      {report.rss_start_mib} -> {report.rss_end_mib} MiB "
             f"(growth {report.rss_growth_mib} MiB)"
+        )
+    if report.rss_warm_mib is not None:
+        print(
+            f"  after warm-up   {report.rss_warm_mib} -> {report.rss_end_mib} MiB "
+            f"(growth {report.rss_growth_after_warmup_mib} MiB)"
         )
     for kind, count in report.error_kinds.items():
         print(f"  error x{count}: {kind}")

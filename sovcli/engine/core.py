@@ -21,7 +21,8 @@ from typing import Any
 from sovcli.engine import chat_template
 from sovcli.engine._llama import llama
 from sovcli.engine.defaults import physical_cores
-from sovcli.engine.stream import TokenStream
+from sovcli.engine.prompt_cache import PromptCache, common_prefix
+from sovcli.engine.stream import TokenStream, WakeBatch
 from sovcli.engine.textstream import TextAssembler
 from sovcli.engine.types import (
     ChatMessage,
@@ -39,6 +40,11 @@ from sovcli.errors import ContextOverflowError, EngineError, UsageError
 from sovcli.paths import debug_enabled
 
 DEFAULT_MAX_CTX = 4096
+# A sequence shorter than this is not worth saving in the prompt cache; a cached state is
+# restored when it saves decoding at least PROMPT_CACHE_MIN_GAIN more prompt tokens than the
+# slot's own cells (restoring ~130 tokens of a 135M model takes ~3 ms; decoding them ~1 s).
+PROMPT_CACHE_MIN_TOKENS = 16
+PROMPT_CACHE_MIN_GAIN = 4
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: pick a random seed
 
 
@@ -99,14 +105,6 @@ class _Slot:
         self.last_used = 0.0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class Engine:
     """The shared inference engine (see `sovcli.engine.types.EngineProtocol`)."""
 
@@ -161,7 +159,13 @@ class Engine:
                 if config.flash_attn
                 else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
-        cparams.kv_unified = False  # each sequence attends only to its own cells: faster
+        # Per-sequence KV streams by default: a sequence's logits then do not depend on what
+        # else is in the batch (greedy output decoded together == decoded alone). A unified
+        # pool breaks that (llama.cpp's attention takes another path) but measured faster
+        # under a server's load: with per-sequence streams, slots that drop and refill their
+        # cells grew 8-sequence steps from ~74 to ~90 ms within a minute, against ~80 ms
+        # unified (scripts/compare_servers.py, SmolLM2 Q4_1, 2 cores). `serve --kv-unified`.
+        cparams.kv_unified = config.kv_unified
         cparams.no_perf = True
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -171,13 +175,17 @@ class Engine:
                 hint="Lower --ctx or the number of parallel sequences (memory).",
             )
         self._mem = ll.llama_get_memory(self._ctx)
-        self.n_ctx = ll.llama_n_ctx_seq(self._ctx)
+        # Each sequence may hold n_ctx_seq tokens. With a unified pool llama.cpp reports the
+        # whole pool; a slot never holds more than its share, so all slots always fit.
+        self.n_ctx = min(n_ctx_seq, ll.llama_n_ctx_seq(self._ctx))
         self.n_batch = ll.llama_n_batch(self._ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, config.n_parallel)
         self.info = self._read_info(path, n_ctx_train)
         self._add_bos = self.info.add_bos
         self._piece_cache: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._wake = WakeBatch()  # async readers to wake once the step's tokens are out
+        self.prompt_cache = PromptCache(config.prompt_cache_mib * 2**20)
 
         self._slots = [_Slot(i) for i in range(config.n_parallel)]
         self._queue: deque[_Job] = deque()
@@ -325,8 +333,25 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue `request` and return its stream at once; ContextOverflowError if it cannot fit."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: list[GenerationRequest]) -> list[TokenStream]:
+        """Queue several requests at once: they are admitted together, in the same decode step.
+
+        All are checked first; if one is invalid, none is queued.
+        """
         if self._closed:
             raise EngineError("the engine is closed")
+        jobs = [self._prepare(request) for request in requests]
+        with self._cond:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            self._queue.extend(jobs)
+            self._cond.notify_all()
+        return [job.stream for job in jobs]
+
+    def _prepare(self, request: GenerationRequest) -> _Job:
+        """Validate and tokenize `request` into a job (not queued yet)."""
         self.validate_sampling(request.sampling)
         if request.max_tokens is not None and request.max_tokens < 0:
             raise UsageError("max_tokens must be >= 0")
@@ -339,14 +364,7 @@ class Engine:
             )
         if request.request_id is None:
             request.request_id = f"req-{next(self._ids)}"
-        stream = TokenStream(request.request_id, self._on_cancel)
-        job = _Job(request, tokens, stream)
-        with self._cond:
-            if self._closed:
-                raise EngineError("the engine is closed")
-            self._queue.append(job)
-            self._cond.notify_all()
-        return stream
+        return _Job(request, tokens, TokenStream(request.request_id, self._on_cancel))
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run `request` to the end and return its result (blocking)."""
@@ -436,7 +454,7 @@ class Engine:
             job = self._queue.popleft()
             best = max(
                 free,
-                key=lambda s: (_common_prefix(s.cached, job.prompt), -s.last_used),
+                key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used),
             )
             free.remove(best)
             best.job = job
@@ -451,7 +469,10 @@ class Engine:
         slot = job.slot
         assert slot is not None
         job.t_start = time.perf_counter()
-        reuse = min(_common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+        limit = len(job.prompt) - 1  # the last prompt token is always decoded (for its logits)
+        reuse = min(common_prefix(slot.cached, job.prompt), limit)
+        if self.prompt_cache.enabled:
+            reuse = self._use_prompt_cache(slot, job.prompt, reuse, limit)
         if reuse < len(slot.cached):
             if not ll.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1):
                 ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
@@ -467,6 +488,38 @@ class Engine:
         self._totals["requests"] += 1
         self._totals["prompt"] += len(job.prompt)
         self._totals["cached"] += reuse
+
+    def _use_prompt_cache(self, slot: _Slot, prompt: list[int], reuse: int, limit: int) -> int:
+        """Save the slot's sequence before it is overwritten; restore a better cached one.
+
+        Returns how many prompt tokens the slot's KV cells now hold (what to skip decoding).
+        """
+        ll = self._ll
+        cache = self.prompt_cache
+        if (
+            len(slot.cached) >= PROMPT_CACHE_MIN_TOKENS
+            and reuse < len(slot.cached)
+            and not cache.covers(slot.cached)
+        ):
+            size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
+            if 0 < size <= cache.max_bytes:
+                buf = (ctypes.c_uint8 * size)()
+                written = ll.llama_state_seq_get_data(self._ctx, buf, size, slot.seq_id)
+                if written > 0:
+                    cache.put(slot.cached, ctypes.string_at(buf, written))
+        entry, shared = cache.best(prompt)
+        shared = min(shared, limit)
+        if entry is None or shared < reuse + PROMPT_CACHE_MIN_GAIN:
+            return reuse
+        ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+        data = (ctypes.c_uint8 * len(entry.data)).from_buffer_copy(entry.data)
+        if ll.llama_state_seq_set_data(self._ctx, data, len(entry.data), slot.seq_id) == 0:
+            ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            slot.cached.clear()
+            return 0
+        slot.cached = list(entry.tokens)
+        cache.use(entry, shared)
+        return shared
 
     def _make_sampler(self, s: SamplingParams, prompt: list[int]) -> Any:
         ll = self._ll
@@ -588,6 +641,7 @@ class Engine:
             index = job.batch_index
             token = ll.llama_sampler_sample(job.sampler, self._ctx, index)
             self._accept(job, token, index)
+        self._wake.deliver()
 
     def _accept(self, job: _Job, token: int, index: int) -> None:
         """Handle a sampled token: EOG, text, stop strings, limits."""
@@ -617,7 +671,7 @@ class Engine:
             self._end(job, "length", text=text, token=token, logprobs=logprobs)
             return
         job.next_token = token
-        job.stream.push(TokenEvent(text, (token,), logprobs))
+        job.stream.push(TokenEvent(text, (token,), logprobs), self._wake)
 
     def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
         import numpy as np

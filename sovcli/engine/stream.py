@@ -10,6 +10,39 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from sovcli.engine.types import GenerationResult, TokenEvent
 
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for ready in events:
+        ready.set()
+
+
+class WakeBatch:
+    """Reader wake-ups gathered during one decode step and delivered once per event loop.
+
+    Waking an asyncio reader costs a self-pipe write and a thread switch that then competes
+    with the decode thread for the GIL. One call per loop per step, made just before the next
+    `llama_decode` releases the GIL, replaces one per token per stream.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+
+    def add(self, waiters: list[_Waiter]) -> None:
+        """Remember `waiters` to wake at the next `deliver`."""
+        for loop, ready in waiters:
+            self._by_loop.setdefault(loop, []).append(ready)
+
+    def deliver(self) -> None:
+        """Wake every remembered reader: one `call_soon_threadsafe` per event loop."""
+        if not self._by_loop:
+            return
+        pending, self._by_loop = self._by_loop, {}
+        for loop, events in pending.items():
+            with contextlib.suppress(RuntimeError):  # the reader's loop is closed
+                loop.call_soon_threadsafe(_set_all, events)
+
 
 class TokenStream:
     """Events produced by the decode thread, consumed by one sync or async reader.
@@ -21,19 +54,27 @@ class TokenStream:
         self.request_id = request_id
         self._events: deque[TokenEvent] = deque()
         self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters: list[_Waiter] = []
         self._done = threading.Event()
         self._result: GenerationResult | None = None
         self._on_cancel = on_cancel
         self.cancelled = False
 
     # --- producer side (decode thread) -------------------------------------------------
-    def push(self, event: TokenEvent) -> None:
-        """Hand one event to the reader (called by the engine)."""
+    def push(self, event: TokenEvent, wake: WakeBatch | None = None) -> None:
+        """Hand one event to the reader (called by the engine).
+
+        With `wake`, an asyncio reader is woken when the engine delivers that batch, not now.
+        """
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
+            if not self._waiters:
+                return
             waiters = list(self._waiters)
+        if wake is not None:
+            wake.add(waiters)
+            return
         for loop, ready in waiters:
             with contextlib.suppress(RuntimeError):  # the reader's loop is closed
                 loop.call_soon_threadsafe(ready.set)

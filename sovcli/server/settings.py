@@ -49,6 +49,8 @@ class ServerSettings:
     parallel: int = 4  # sequences decoded together per model
     ctx: int | None = None  # context per sequence (None: engine default)
     threads: int | None = None  # decode threads (None: engine default)
+    prompt_cache_mib: int = 256  # RAM for KV states of earlier requests (0: off)
+    kv_unified: bool = False  # one KV pool: faster under load, greedy output batch-dependent
     api_keys: tuple[ApiKey, ...] = ()
     no_auth: bool = False  # explicit opt-out when binding a non-loopback address
     audit_log: Path | None = None
@@ -66,6 +68,8 @@ class ServerSettings:
             raise UsageError("--parallel must be at least 1")
         if self.ctx is not None and self.ctx < 64:
             raise UsageError("--ctx must be at least 64 tokens")
+        if self.prompt_cache_mib < 0:
+            raise UsageError("--prompt-cache must be >= 0 MiB (0 turns it off)")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"invalid port {self.port}", hint="Use a port between 1 and 65535.")
         if not is_loopback(self.host) and not self.api_keys and not self.no_auth:

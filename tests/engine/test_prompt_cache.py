@@ -1,0 +1,65 @@
+"""The RAM prompt cache: a repeated prompt landing on another slot is restored, not decoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sovcli.engine.prompt_cache import PromptCache
+from sovcli.engine.types import EngineConfig, GenerationRequest, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def test_lru_keeps_the_budget_and_drops_entries_a_longer_one_covers():
+    cache = PromptCache(max_bytes=100)
+    cache.put([1, 2, 3], b"x" * 40)
+    cache.put([1, 2, 3, 4, 5], b"y" * 40)  # covers [1, 2, 3]: replaces it
+    assert len(cache) == 1
+    assert cache.covers([1, 2, 3, 4])
+    cache.put([7, 8], b"z" * 40)
+    cache.put([9, 9], b"w" * 40)  # over budget: the least recently used goes
+    assert cache.size_bytes <= 100
+    entry, shared = cache.best([7, 8, 1])
+    assert entry is not None and entry.tokens == (7, 8) and shared == 2
+    assert cache.best([1, 2, 3, 4, 5, 6])[0] is None  # evicted first
+    assert PromptCache(0).enabled is False
+
+
+@pytest.fixture(scope="module")
+def cached_engine(smollm2_gguf: Path):
+    from sovcli.engine.core import Engine
+
+    eng = Engine(
+        EngineConfig(
+            model_path=str(smollm2_gguf),
+            n_parallel=2,
+            n_ctx=512,
+            n_threads=1,
+            prompt_cache_mib=32,
+        )
+    )
+    yield eng
+    eng.close()
+
+
+def test_repeated_prompt_is_restored_from_the_cache(cached_engine):
+    eng = cached_engine
+    prompts = [
+        eng.render_chat([{"role": "user", "content": text}])
+        for text in (
+            "Explain what a CPU cache is, in two sentences.",
+            "Write a haiku about rivers and mountains.",
+            "List three prime numbers above one hundred.",
+        )
+    ]
+    first = eng.generate(GenerationRequest(prompts[0], max_tokens=24, sampling=GREEDY))
+    # Two other prompts overwrite both slots: the first sequence survives only in the cache.
+    for prompt in prompts[1:] * 2:
+        eng.generate(GenerationRequest(prompt, max_tokens=24, sampling=GREEDY))
+    hits_before = eng.prompt_cache.hits
+    again = eng.generate(GenerationRequest(prompts[0], max_tokens=24, sampling=GREEDY))
+    assert eng.prompt_cache.hits == hits_before + 1
+    assert again.cached_prompt_tokens == again.prompt_tokens - 1  # all but the last token
+    assert again.text == first.text  # the restored cells are the same bytes
