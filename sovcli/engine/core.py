@@ -5,6 +5,8 @@ token of every generating sequence plus prompt chunks of newly admitted ones, ca
 `llama_decode` once, and samples each sequence's next token with its own C sampler chain.
 Finished sequences leave their tokens in the KV cache of their slot; a new request takes the
 idle slot sharing the longest prefix with its prompt and only the diverging tail is removed.
+With `prompt_cache_mib`, a slot's sequence is copied to RAM before its cells are reused, and
+a later prompt that shares more with a saved state than with any slot gets it copied back.
 """
 
 from __future__ import annotations
