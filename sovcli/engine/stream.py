@@ -72,12 +72,11 @@ class TokenStream:
             if not self._waiters:
                 return
             waiters = list(self._waiters)
-        if wake is not None:
-            wake.add(waiters)
-            return
-        for loop, ready in waiters:
-            with contextlib.suppress(RuntimeError):  # the reader's loop is closed
-                loop.call_soon_threadsafe(ready.set)
+        deliver_now = wake is None
+        wake = wake or WakeBatch()
+        wake.add(waiters)
+        if deliver_now:
+            wake.deliver()
 
     def finish(self, result: GenerationResult, last: TokenEvent) -> None:
         """Store the result and push the final event."""
