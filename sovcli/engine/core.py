@@ -570,67 +570,74 @@ class Engine:
             batch.seq_id,
             batch.logits,
         )
-        n = 0
-        fed: list[tuple[_Job, int]] = []  # job, prompt tokens fed (0: its next token)
+        # What each job feeds this step: 0 = its next sampled token; k > 0 = k prompt tokens.
+        # Sampled tokens come first, prompt chunks share the room left in the logical batch.
+        plan: list[tuple[_Job, int]] = []
+        room = self.n_batch
         for job in list(self._active):
             if job.cancelled:
                 self._end(job, "cancelled")
                 continue
             if job.next_token is None:
                 continue
-            slot = job.slot
-            pos = len(slot.cached)
-            if pos >= self.n_ctx:
+            if len(job.slot.cached) >= self.n_ctx:
                 self._end(job, "length")
                 continue
-            b_token[n] = job.next_token
-            b_pos[n] = pos
-            b_nseq[n] = 1
-            b_seq[n][0] = slot.seq_id
-            b_logits[n] = 1
-            job.batch_index = n
-            fed.append((job, 0))
-            n += 1
-        room = self.n_batch - n
+            plan.append((job, 0))
+            room -= 1
         for job in self._active:
             if room <= 0:
                 break
             if not job.pending or job.cancelled:
                 continue
             take = min(room, len(job.pending))
+            plan.append((job, take))
+            room -= take
+        # Tokens go in ascending sequence order. With one KV stream per sequence, llama.cpp
+        # splits a batch into micro-batches of consecutive sequence ids, scanning in batch
+        # order (llama_batch_allocr::split_equal, sequential): out of order, one step would
+        # become several graph computations, each reading every weight again.
+        plan.sort(key=lambda entry: entry[0].slot.seq_id)
+        n = 0
+        for job, take in plan:
             slot = job.slot
             pos = len(slot.cached)
             seq_id = slot.seq_id
-            chunk = job.pending[:take]
-            for i, token in enumerate(chunk):
+            if take == 0:
+                b_token[n] = job.next_token
+                b_pos[n] = pos
+                b_nseq[n] = 1
+                b_seq[n][0] = seq_id
+                b_logits[n] = 1
+                job.batch_index = n
+                n += 1
+                continue
+            for i, token in enumerate(job.pending[:take]):
                 k = n + i
                 b_token[k] = token
                 b_pos[k] = pos + i
                 b_nseq[k] = 1
                 b_seq[k][0] = seq_id
                 b_logits[k] = 0
-            last = take == len(job.pending)
-            if last:
+            if take == len(job.pending):
                 b_logits[n + take - 1] = 1
                 job.batch_index = n + take - 1
             else:
                 job.batch_index = -1
-            fed.append((job, take))
             n += take
-            room -= take
         if n == 0:
             return
         batch.n_tokens = n
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
-            for job, _ in fed:
+            for job, _ in plan:
                 slot = job.slot
                 ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                 slot.cached.clear()
                 self._end(job, "error", error=f"llama_decode failed with code {rc}")
             return
         now = time.perf_counter()
-        for job, count in fed:
+        for job, count in plan:
             slot = job.slot
             if count == 0:
                 slot.cached.append(job.next_token)
