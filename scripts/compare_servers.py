@@ -143,7 +143,13 @@ def measure_round(model: str, args, logs: Path) -> list:
     """One measurement of each server, one after another: [(name, report)]."""
     results = []
     process = load.start_sovcli(
-        model, args.port, args.parallel, args.threads, args.ctx, logs / "sovcli.log"
+        model,
+        args.port,
+        args.parallel,
+        args.threads,
+        args.ctx,
+        logs / "sovcli.log",
+        args.sovcli_arg,
     )
     results.append(("sovcli", measure("sovcli serve", process, args.port, model, args)))
     if "llama-server" not in args.skip:
@@ -180,6 +186,13 @@ def main() -> int:
         "--skip", action="append", default=[], choices=["llama-server", "llama-cpp-python"]
     )
     parser.add_argument("--json", metavar="FILE", help="also write all reports as JSON")
+    parser.add_argument(
+        "--sovcli-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more `sovcli serve` argument, e.g. --sovcli-arg=--prompt-cache=0 (repeatable)",
+    )
     args = parser.parse_args()
     model = str(Path(args.model).expanduser())
     logs = Path(f"/tmp/sovcli-compare-{os.getpid()}")
@@ -188,6 +201,8 @@ def main() -> int:
         f"model {model}, {args.threads} threads, {args.parallel} slots, {args.clients} "
         f"clients, {args.max_tokens} max tokens, {args.duration:.0f} s each; logs in {logs}"
     )
+    if args.sovcli_arg:
+        print(f"sovcli serve options: {' '.join(args.sovcli_arg)}")
     print(f"llama-server: {args.llama_server}")
     runs: dict[str, list] = {}
     for round_no in range(1, args.rounds + 1):
@@ -226,7 +241,13 @@ def main() -> int:
 
     if args.soak > 0:
         process = load.start_sovcli(
-            model, args.port, args.parallel, args.threads, args.ctx, logs / "sovcli-soak.log"
+            model,
+            args.port,
+            args.parallel,
+            args.threads,
+            args.ctx,
+            logs / "sovcli-soak.log",
+            args.sovcli_arg,
         )
         time.sleep(0.5)
         soak_args = argparse.Namespace(**{**vars(args), "duration": args.soak})

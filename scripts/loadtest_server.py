@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -375,9 +376,15 @@ def wait_ready(url: str, path: str, timeout: float = 120, process=None) -> None:
 
 
 def start_sovcli(
-    model: str, port: int, parallel: int, threads: int | None, ctx: int, log_path: Path
+    model: str,
+    port: int,
+    parallel: int,
+    threads: int | None,
+    ctx: int,
+    log_path: Path,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen:
-    """Start `sovcli serve` (quiet) and wait until /health says ready."""
+    """Start `sovcli serve` (quiet, plus `extra_args`) and wait until /health says ready."""
     cmd = [
         sys.executable,
         "-m",
@@ -394,6 +401,7 @@ def start_sovcli(
     ]
     if threads:
         cmd += ["--threads", str(threads)]
+    cmd += list(extra_args)
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     wait_ready(f"http://127.0.0.1:{port}", "/health", process=process)

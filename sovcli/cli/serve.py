@@ -55,12 +55,6 @@ def register(app: typer.Typer) -> None:
             help="RAM kept for KV states of earlier requests, so a repeated prompt is not "
             "processed again (0: off). Held in memory only, never written to disk.",
         ),
-        kv_unified: bool = typer.Option(
-            False,
-            "--kv-unified",
-            help="One KV pool for all sequences: more throughput under steady load, but greedy "
-            "output may then depend on which requests share a step.",
-        ),
         api_key_file: Path = typer.Option(
             None, "--api-key-file", help="File of API keys, one 'id:secret' per line."
         ),
@@ -104,7 +98,6 @@ def register(app: typer.Typer) -> None:
             ctx=ctx,
             threads=threads,
             prompt_cache_mib=prompt_cache,
-            kv_unified=kv_unified,
             api_keys=keys,
             no_auth=no_auth,
             audit_log=audit_log,

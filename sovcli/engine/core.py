@@ -161,13 +161,12 @@ class Engine:
                 if config.flash_attn
                 else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
-        # Per-sequence KV streams by default: a sequence's logits then do not depend on what
-        # else is in the batch (greedy output decoded together == decoded alone). A unified
-        # pool breaks that (llama.cpp's attention takes another path) but measured faster
-        # under a server's load: with per-sequence streams, slots that drop and refill their
-        # cells grew 8-sequence steps from ~74 to ~90 ms within a minute, against ~80 ms
-        # unified (scripts/compare_servers.py, SmolLM2 Q4_1, 2 cores). `serve --kv-unified`.
-        cparams.kv_unified = config.kv_unified
+        # One KV stream per sequence: a sequence's logits then do not depend on what else is
+        # in the batch (greedy output decoded together == decoded alone). A unified pool
+        # breaks that (llama.cpp's attention takes another path) and measured no faster once
+        # `_step` orders its batch by sequence id (0.99x against 1.01x of llama-server,
+        # scripts/compare_servers.py, SmolLM2 Q4_1, 2 cores).
+        cparams.kv_unified = False
         cparams.no_perf = True
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -177,9 +176,7 @@ class Engine:
                 hint="Lower --ctx or the number of parallel sequences (memory).",
             )
         self._mem = ll.llama_get_memory(self._ctx)
-        # Each sequence may hold n_ctx_seq tokens. With a unified pool llama.cpp reports the
-        # whole pool; a slot never holds more than its share, so all slots always fit.
-        self.n_ctx = min(n_ctx_seq, ll.llama_n_ctx_seq(self._ctx))
+        self.n_ctx = min(n_ctx_seq, ll.llama_n_ctx_seq(self._ctx))  # tokens per sequence
         self.n_batch = ll.llama_n_batch(self._ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, config.n_parallel)
         self.info = self._read_info(path, n_ctx_train)

@@ -36,7 +36,6 @@ class EngineConfig:
     embeddings: bool = False  # open a context that can return embeddings
     verbose: bool = False  # llama.cpp's own log on stderr (also SOVCLI_DEBUG=1)
     prompt_cache_mib: int = 0  # RAM for KV states of earlier sequences (0: off); see prompt_cache
-    kv_unified: bool = False  # one KV pool for all sequences (see Engine.__init__)
 
 
 @dataclass(frozen=True)

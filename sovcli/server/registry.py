@@ -27,7 +27,6 @@ def default_engine_factory(model: ServedModel, settings: ServerSettings) -> Engi
             n_parallel=settings.parallel,
             n_threads=settings.threads,
             prompt_cache_mib=settings.prompt_cache_mib,
-            kv_unified=settings.kv_unified,
         )
     )
 

@@ -50,7 +50,6 @@ class ServerSettings:
     ctx: int | None = None  # context per sequence (None: engine default)
     threads: int | None = None  # decode threads (None: engine default)
     prompt_cache_mib: int = 256  # RAM for KV states of earlier requests (0: off)
-    kv_unified: bool = False  # one KV pool: faster under load, greedy output batch-dependent
     api_keys: tuple[ApiKey, ...] = ()
     no_auth: bool = False  # explicit opt-out when binding a non-loopback address
     audit_log: Path | None = None
