@@ -51,6 +51,13 @@ def find_llama_server() -> str | None:
     return str(found[0]) if found else None
 
 
+def start_sovcli(model: str, args, log: Path) -> subprocess.Popen:
+    """`sovcli serve` with the run's slots, threads, context and --sovcli-arg options."""
+    return load.start_sovcli(
+        model, args.port, args.parallel, args.threads, args.ctx, log, args.sovcli_arg
+    )
+
+
 def start_llama_server(binary: str, model: str, port: int, args, log: Path) -> subprocess.Popen:
     """llama.cpp's server with `--parallel` slots sharing `ctx * parallel` context."""
     cmd = [
@@ -142,15 +149,7 @@ def measure(label: str, process: subprocess.Popen, port: int, model: str, args):
 def measure_round(model: str, args, logs: Path) -> list:
     """One measurement of each server, one after another: [(name, report)]."""
     results = []
-    process = load.start_sovcli(
-        model,
-        args.port,
-        args.parallel,
-        args.threads,
-        args.ctx,
-        logs / "sovcli.log",
-        args.sovcli_arg,
-    )
+    process = start_sovcli(model, args, logs / "sovcli.log")
     results.append(("sovcli", measure("sovcli serve", process, args.port, model, args)))
     if "llama-server" not in args.skip:
         if args.llama_server:
@@ -240,15 +239,7 @@ def main() -> int:
     reports = {f"{name}#{i + 1}": r for name, rs in runs.items() for i, r in enumerate(rs)}
 
     if args.soak > 0:
-        process = load.start_sovcli(
-            model,
-            args.port,
-            args.parallel,
-            args.threads,
-            args.ctx,
-            logs / "sovcli-soak.log",
-            args.sovcli_arg,
-        )
+        process = start_sovcli(model, args, logs / "sovcli-soak.log")
         time.sleep(0.5)
         soak_args = argparse.Namespace(**{**vars(args), "duration": args.soak})
         reports["soak"] = measure(

@@ -72,11 +72,10 @@ class TokenStream:
             if not self._waiters:
                 return
             waiters = list(self._waiters)
-        deliver_now = wake is None
-        wake = wake or WakeBatch()
-        wake.add(waiters)
-        if deliver_now:
-            wake.deliver()
+        batch = wake or WakeBatch()
+        batch.add(waiters)
+        if wake is None:
+            batch.deliver()
 
     def finish(self, result: GenerationResult, last: TokenEvent) -> None:
         """Store the result and push the final event."""
