@@ -56,7 +56,7 @@ def main() -> None:
         os.environ["HF_ENDPOINT"] = hub.url
         from huggingface_hub import hf_hub_download
 
-        from sovcli.sources import pull_model
+        from sovcli.resolve import pull_model
 
         def hub_client() -> None:
             target = work / "hf"
@@ -69,7 +69,7 @@ def main() -> None:
             home = work / "home"
             shutil.rmtree(home, ignore_errors=True)
             os.environ["SOVCLI_HOME"] = str(home)
-            pull_model("hf:bench/model-GGUF", quiet=True)
+            pull_model("hf:bench/model-GGUF")
 
         t_hub, t_sov = _interleaved(hub_client, sovcli_pull, rounds=5)
     print(f"file: {gguf_path.name} ({size / 1e6:.1f} MB)")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from sovcli import settings
 
 
 def sovcli_home() -> Path:
     """The root of the model store: `$SOVCLI_HOME`, else the platform's user data dir."""
-    env = os.environ.get("SOVCLI_HOME")
+    env = settings.get("SOVCLI_HOME")
     if env:
         return Path(env).expanduser().resolve()
     import platformdirs
@@ -33,14 +34,9 @@ def locks_dir() -> Path:
 
 def user_catalog_path() -> Path:
     """The user's catalog: `$SOVCLI_CATALOG`, else `~/.config/sovcli/models.toml`."""
-    env = os.environ.get("SOVCLI_CATALOG")
+    env = settings.get("SOVCLI_CATALOG")
     if env:
         return Path(env).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_config_dir("sovcli", appauthor=False)) / "models.toml"
-
-
-def debug_enabled() -> bool:
-    """`SOVCLI_DEBUG=1` shows tracebacks and llama.cpp's own log."""
-    return os.environ.get("SOVCLI_DEBUG", "") not in ("", "0", "false", "no")

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("strace")),
-    reason="needs root, unshare and strace to build an offline network namespace",
-)
+pytestmark = [
+    pytest.mark.slow,  # sovcli run/serve/batch subprocesses on the real model
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("strace")),
+        reason="needs root, unshare and strace to build an offline network namespace",
+    ),
+]
 
 IP_CONNECT = re.compile(r"connect\(\d+, \{sa_family=AF_INET6?,.*")
 

@@ -58,3 +58,70 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no-such-command" in result.stderr
+
+
+def _sovcli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sovcli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggested"),
+    [("--temp", "--temperature"), ("--top_k", "--top-k"), ("--max-token", "--max-tokens")],
+)
+def test_unknown_option_suggests_the_closest_real_ones(typo: str, suggested: str) -> None:
+    result = _sovcli("run", "smollm2-135m", "hi", typo, "0")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert typo in error and suggested in error, error
+    assert "--help" not in error and "--stop" not in error, error
+
+
+def test_suggestions_prefer_prefixes_then_similar_names() -> None:
+    from sovcli.cli.main import suggest_options
+
+    known = ["--help", "--stop", "--system", "--temperature", "--top-k", "--top-p", "-t"]
+    assert suggest_options("--temp", known) == ["--temperature"]
+    assert suggest_options("--top", known) == ["--top-k", "--top-p"]
+    assert suggest_options("--sytem", known)[0] == "--system"
+    assert suggest_options("--zzzz", known) == []
+
+
+def test_sampling_options_share_the_chat_ranges() -> None:
+    result = _sovcli("run", "smollm2-135m", "hi", "--top-k", "-5")
+    assert result.returncode == 2
+    assert "must be >= 0, not -5" in result.stderr
+    result = _sovcli("run", "smollm2-135m", "hi", "--top-p", "0")
+    assert result.returncode == 2
+    assert "must be > 0 and <= 1, not 0" in result.stderr
+
+
+def test_ctx_has_one_minimum_everywhere() -> None:
+    from sovcli.engine.types import MIN_CTX
+
+    for command in ("run", "chat", "batch", "serve"):
+        result = runner.invoke(app, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0
+        line = next(line for line in result.output.splitlines() if "--ctx" in line)
+        assert f"x>={MIN_CTX}" in line, f"{command}: {line}"
+
+
+def test_no_command_function_is_over_60_lines() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sovcli" / "cli"
+    too_long = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > 60:
+                    too_long.append(f"{path.name}:{node.name} ({length} lines)")
+    assert not too_long

@@ -24,9 +24,27 @@ def latest_records(path: Path) -> list[dict[str, Any]]:
     if not Path(path).is_file():
         raise UsageError(f"results file {path} does not exist")
     latest: dict[str, dict[str, Any]] = {}
-    for record in iter_records(Path(path)):
-        latest[str(record.get("path"))] = record
+    try:
+        for record in iter_records(Path(path)):
+            if _is_result(record):
+                latest[str(record.get("path"))] = record
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not latest:
+        raise UsageError(
+            f"{path} is not a sovcli batch results file (no result records in it)",
+            hint="Give the file that `sovcli batch ... -o FILE` wrote.",
+        )
     return list(latest.values())
+
+
+def _is_result(record: dict[str, Any]) -> bool:
+    """A line written by `sovcli batch`: a document path, a status and a resume key."""
+    return (
+        isinstance(record.get("path"), str)
+        and record.get("status") in ("ok", "error")
+        and "params_sha256" in record
+    )
 
 
 def _output_keys(records: list[dict[str, Any]]) -> list[str]:

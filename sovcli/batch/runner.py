@@ -37,6 +37,7 @@ from sovcli.batch.journal import Journal, RecordKey, record_key
 from sovcli.batch.prompt import PromptTemplate, combine_prompt
 from sovcli.batch.schema import merge_values, parse_output, schema_sha256, validate
 from sovcli.errors import NetworkError, UsageError
+from sovcli.store.hashing import sha256_file
 
 METHOD_VERSION = "batch-v1"  # bump when chunking/combining changes what a record means
 MIN_CHUNK_TOKENS = 64
@@ -181,15 +182,6 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def plan(job: BatchJob, journal: Journal) -> list[Document]:
     """Every input document with its key and whether the journal already has it."""
     documents = []
@@ -198,7 +190,7 @@ def plan(job: BatchJob, journal: Journal) -> list[Document]:
         size = 0
         try:
             size = path.stat().st_size
-            sha = file_sha256(path)
+            sha = sha256_file(path)
         except OSError as exc:
             error = f"cannot read file: {exc.strerror or exc}"
         record = {

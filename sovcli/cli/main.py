@@ -6,15 +6,16 @@ modules import llama.cpp, numpy and the hub client inside their functions, never
 
 from __future__ import annotations
 
+import difflib
 import sys
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from sovcli import __version__
 from sovcli.errors import SovcliError
-from sovcli.paths import debug_enabled
+from sovcli.settings import debug_enabled
 
 INTERNAL_ERROR_EXIT = 70
 
@@ -25,6 +26,35 @@ def report_error(exc: SovcliError) -> None:
     if exc.hint:
         sys.stderr.write(f"hint: {exc.hint}\n")
     sys.stderr.flush()
+
+
+def suggest_options(typed: str, known: list[str]) -> list[str]:
+    """The real options closest to a mistyped one: prefixes first (--temp -> --temperature).
+
+    click's own guess ranks by similarity alone, so `--temp` got "--help, --stop, --system".
+    """
+    longs = [name for name in known if name.startswith("--")]
+    bare = typed.split("=", 1)[0]
+    normal = bare.replace("_", "-").lower()
+    prefixed = [name for name in longs if name.startswith(normal) and name != "--help"]
+    if prefixed:
+        return prefixed[:3]
+    return difflib.get_close_matches(normal, [n for n in longs if n != "--help"], n=3, cutoff=0.6)
+
+
+class SovcliCommand(TyperCommand):
+    """A command whose unknown-option error names the closest real options."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            # click's NoSuchOption (a vendored copy in some typer versions): duck-typed.
+            if type(exc).__name__ == "NoSuchOption" and hasattr(exc, "possibilities"):
+                known = [opt for param in self.get_params(ctx) for opt in param.opts]
+                known += [opt for param in self.get_params(ctx) for opt in param.secondary_opts]
+                exc.possibilities = suggest_options(exc.option_name, known) or None
+            raise
 
 
 class _SovcliGroup(TyperGroup):
@@ -81,11 +111,21 @@ def _root(
     """
 
 
+NO_ARGS_IS_HELP = frozenset({"batch", "batch-report"})
+"""Commands that print their help when run without arguments (else: a usage error)."""
+
+
 def _register_commands() -> None:
+    """Every command, in the order `sovcli --help` lists them.
+
+    Each command module holds module-level command functions and a `COMMANDS` table
+    (command name -> function); the function's docstring is its help, with an example.
+    """
     from sovcli.cli import batch, bench, convert, doctor, models, pull, run, serve
 
     for module in (pull, models, run, bench, doctor, convert, serve, batch):
-        module.register(app)
+        for name, function in module.COMMANDS.items():
+            app.command(name, cls=SovcliCommand, no_args_is_help=name in NO_ARGS_IS_HELP)(function)
 
 
 _register_commands()

@@ -2,7 +2,8 @@
 
 `converter.convert_checkpoint` writes a GGUF from a checkpoint folder, `quantize.quantize_gguf`
 runs llama.cpp's own quantizer, and `pipeline.convert_checkpoint_to_gguf` chains both for
-`sovcli pull` and returns the provenance record stored in the manifest.
+`sovcli pull` and returns the provenance record stored in the manifest. Progress goes to an
+optional `progress` (`sovcli.progress.Progress`); nothing here prints.
 """
 
 from __future__ import annotations

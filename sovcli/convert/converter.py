@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sovcli.errors import ConversionError, DiskFullError, UsageError
 from sovcli.fsutil import atomic_output
+from sovcli.progress import NULL_PROGRESS, Progress
 
 from . import CONVERTER_SCHEMA_VERSION
 from .architectures import PlannedTensor, plan_tensors, spec_for, write_hparams
@@ -26,9 +26,6 @@ from .quantize import make_readable
 from .tokenizer import load_vocab
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
-
-# (tensor index, tensor count, tensor name, bytes written so far, total bytes)
-ProgressFn = Callable[[int, int, str, int, int], None]
 
 
 @dataclass
@@ -47,6 +44,21 @@ class ConvertResult:
     seconds: float
     converter_schema: int = CONVERTER_SCHEMA_VERSION
     sampling: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view (what `sovcli convert --json` prints)."""
+        return {
+            "output": str(self.output),
+            "architecture": self.architecture,
+            "gguf_architecture": self.gguf_architecture,
+            "outtype": self.outtype,
+            "tensors": self.n_tensors,
+            "parameters": self.n_parameters,
+            "bytes": self.output_bytes,
+            "tokenizer": self.tokenizer,
+            "general": self.general,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _tensor_qtype(item: PlannedTensor, outtype: str):
@@ -141,10 +153,13 @@ def convert_checkpoint(
     outtype: str = "f16",
     pre_tokenizer: str | None = None,
     source_repo: str | None = None,
-    on_progress: ProgressFn | None = None,
     checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
 ) -> ConvertResult:
-    """Convert the checkpoint in `folder` to the GGUF file `output` (written atomically)."""
+    """Convert the checkpoint in `folder` to the GGUF file `output` (written atomically).
+
+    The tensor data written is one `progress` task, in bytes, labelled `convert <outtype>`.
+    """
     import gguf
 
     if outtype not in OUTTYPES:
@@ -200,8 +215,8 @@ def convert_checkpoint(
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             fout = writer.fout[0]
-            done = 0
-            for index, (item, qtype, size) in enumerate(zip(planned, qtypes, sizes, strict=False)):
+            task = (progress or NULL_PROGRESS).task(f"convert {outtype}", total_bytes, unit="B")
+            for item, qtype, size in zip(planned, qtypes, sizes, strict=False):
                 writer.write_padding(fout, fout.tell())
                 written = 0
                 if item.generated is not None:
@@ -222,10 +237,9 @@ def convert_checkpoint(
                         f"internal size mismatch for {item.name}: {written} != {size} bytes"
                     )
                 writer.write_padding(fout, size)
-                done += size
-                if on_progress is not None:
-                    on_progress(index + 1, len(planned), item.name, done, total_bytes)
+                task.advance(size)
             writer.flush()
+            task.close()
         finally:
             writer.close()
     return ConvertResult(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sovcli.errors import ConversionError
+from sovcli.progress import Progress
 
 from . import CONVERTER_SCHEMA_VERSION
 
@@ -55,22 +56,23 @@ def convert_checkpoint_to_gguf(
     *,
     quant: str,
     keep_intermediate: bool,
-    quiet: bool,
     imatrix: Path | None = None,
-    threads: int = 0,
+    threads: int | None = None,
     source_repo: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Convert `checkpoint_dir` and quantize to `quant`, writing `out_path` atomically.
 
     Returns the manifest record (JSON-ready). Raises ConversionError / UsageError subclasses
-    of SovcliError; on failure no partial output or intermediate is left behind.
+    of SovcliError; on failure no partial output or intermediate is left behind. Both steps
+    report to `progress`.
     """
     from sovcli import __version__
+    from sovcli.store.hashing import sha256_file
 
     from .checkpoint import open_checkpoint
     from .converter import convert_checkpoint
-    from .progress import tensor_progress
-    from .quantize import llama_cpp_version, normalize_type, quantize_gguf, sha256_file
+    from .quantize import llama_cpp_label, normalize_type, quantize_gguf
 
     checkpoint_dir, out_path = Path(checkpoint_dir), Path(out_path)
     quant_name = normalize_type(quant)
@@ -85,25 +87,23 @@ def convert_checkpoint_to_gguf(
     )
     quant_result = None
     try:
-        with tensor_progress(f"convert {outtype}", enabled=not quiet) as update:
-            converted = convert_checkpoint(
-                checkpoint_dir,
-                intermediate,
-                outtype=outtype,
-                source_repo=source_repo,
-                on_progress=update,
-                checkpoint=checkpoint,
-            )
+        converted = convert_checkpoint(
+            checkpoint_dir,
+            intermediate,
+            outtype=outtype,
+            source_repo=source_repo,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
         if not direct:
-            with tensor_progress(f"quantize {quant_name}", enabled=not quiet) as update:
-                quant_result = quantize_gguf(
-                    intermediate,
-                    quant_name,
-                    out_path,
-                    imatrix=imatrix,
-                    threads=threads,
-                    on_progress=update,
-                )
+            quant_result = quantize_gguf(
+                intermediate,
+                quant_name,
+                out_path,
+                imatrix=imatrix,
+                threads=threads,
+                progress=progress,
+            )
     except BaseException:
         if not direct:
             intermediate.unlink(missing_ok=True)
@@ -133,7 +133,7 @@ def convert_checkpoint_to_gguf(
         "outtype": outtype,
         "quant_type": quant_name,
         "imatrix_sha256": quant_result.imatrix if quant_result else None,
-        "llama_cpp": llama_cpp_version(),
+        "llama_cpp": llama_cpp_label(),
         "threads": quant_result.threads if quant_result else None,
         "seconds": {
             "convert": round(converted.seconds, 3),

@@ -8,18 +8,19 @@ ConversionError. Output is written to a temp file beside the target and renamed.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import re
 import struct
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sovcli import llamacpp, system
 from sovcli.errors import ConversionError, ModelNotFoundError, UsageError
 from sovcli.fsutil import atomic_output
+from sovcli.progress import NULL_PROGRESS, Progress, ProgressTask
+from sovcli.store.hashing import sha256_file
 
 # Types whose quality collapses without an importance matrix: every IQ type, and Q2_K_S
 # (llama.cpp's quantize tool refuses the very low-bit ones without one too).
@@ -30,15 +31,13 @@ _PROGRESS_RE = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\]\s+(\S+)")
 _ERROR_RE = re.compile(r"failed to quantize:\s*(.+)")
 
 # (tensor index, tensor count, tensor name)
-QuantProgressFn = Callable[[int, int, str], None]
 
 _log_lock = threading.Lock()
-_log_callbacks: list[Any] = []  # keep ctypes callbacks alive for the life of the process
 
 
 def quant_types() -> dict[str, int]:
     """Every llama.cpp file type this build can write, by name (e.g. "Q4_K_M" -> 15)."""
-    import llama_cpp
+    llama_cpp = llamacpp.llama()
 
     types: dict[str, int] = {}
     for attr in dir(llama_cpp):
@@ -82,28 +81,9 @@ def make_readable(path: Path) -> None:
     os.chmod(path, 0o644 & ~umask)
 
 
-def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def llama_cpp_version() -> str:
-    """llama-cpp-python's version and, when exposed, the bundled llama.cpp build."""
-    import llama_cpp
-
-    version = f"llama-cpp-python {llama_cpp.__version__}"
-    getter = getattr(llama_cpp, "llama_version", None)
-    if getter is not None:
-        try:
-            raw = getter()
-            version += f" (llama.cpp {raw.decode() if isinstance(raw, bytes) else raw})"
-        except Exception:  # pragma: no cover - symbol missing in the shared library
-            pass
-    return version
+def llama_cpp_label() -> str:
+    """`llama-cpp-python 0.3.36`: the quantizer's version as conversion records name it."""
+    return f"llama-cpp-python {llamacpp.version()}"
 
 
 # ----------------------------------------------------------------------------- imatrix
@@ -181,8 +161,9 @@ def load_imatrix(path: Path) -> dict[str, list[float] | Any]:
 class _LogCapture:
     """Collects llama.cpp's log lines during one quantization; reports progress and errors."""
 
-    def __init__(self, on_progress: QuantProgressFn | None) -> None:
-        self.on_progress = on_progress
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.label = progress, label
+        self.task: ProgressTask | None = None  # started at the first tensor
         self.buffer = ""
         self.errors: list[str] = []
         self.lines: list[str] = []
@@ -200,46 +181,16 @@ class _LogCapture:
         if match := _ERROR_RE.search(line):
             self.errors.append(match[1].strip())
             return
-        if (match := _PROGRESS_RE.search(line)) and self.on_progress is not None:
-            self.on_progress(int(match[1]), int(match[2]), match[3])
+        if match := _PROGRESS_RE.search(line):
+            done, total = int(match[1]), int(match[2])
+            if self.task is None:
+                self.task = self.progress.task(self.label, total, unit="tensors")
+            self.task.update(completed=done)
 
-
-def _install_log(capture: _LogCapture | None) -> None:
-    import llama_cpp
-
-    from sovcli.paths import debug_enabled
-
-    debug = debug_enabled()
-
-    @llama_cpp.llama_log_callback
-    def _callback(level, text, user_data):  # pragma: no cover - called from C
-        message = text.decode("utf-8", errors="replace") if text else ""
-        if capture is not None:
-            capture.feed(message)
-        if debug:
-            import sys
-
-            sys.stderr.write(message)
-
-    _log_callbacks.append(_callback)
-    del _log_callbacks[:-2]
-    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
-
-
-def _restore_log() -> None:
-    """Give llama.cpp's log back to the engine's router if it set one, else keep it quiet."""
-    import llama_cpp
-
-    try:
-        from sovcli.engine import _llama as engine_llama
-
-        engine_callback = getattr(engine_llama, "_log_callback", None)
-    except Exception:  # the engine is optional here
-        engine_callback = None
-    if engine_callback is not None:
-        llama_cpp.llama_log_set(engine_callback, ctypes.c_void_p(0))
-    else:
-        _install_log(None)
+    def close(self) -> None:
+        """The quantization ended: close the progress task."""
+        if self.task is not None:
+            self.task.close()
 
 
 # ----------------------------------------------------------------------------- quantize
@@ -296,15 +247,18 @@ def quantize_gguf(
     output_path: Path | None = None,
     *,
     imatrix: Path | None = None,
-    threads: int = 0,
+    threads: int | None = None,
     allow_requantize: bool = False,
-    on_progress: QuantProgressFn | None = None,
+    progress: Progress | None = None,
 ) -> QuantizeResult:
-    """Quantize `input_path` to `type_name` with llama.cpp; write `output_path` atomically."""
-    import os
+    """Quantize `input_path` to `type_name` with llama.cpp; write `output_path` atomically.
 
-    import llama_cpp
+    Tensors done are one `progress` task, labelled `quantize <TYPE>`; `threads` defaults to
+    the physical cores.
+    """
     import numpy as np
+
+    llama_cpp = llamacpp.llama()
 
     input_path = Path(input_path)
     _check_input(input_path)
@@ -319,7 +273,7 @@ def quantize_gguf(
     output_path = Path(output_path) if output_path else default_output(input_path, type_name)
     if output_path.resolve() == input_path.resolve():
         raise UsageError("the output would overwrite the input", hint="Pass a different -o path.")
-    n_threads = threads if threads > 0 else max(1, os.cpu_count() or 1)
+    n_threads = threads if threads and threads > 0 else system.physical_cores()
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -343,18 +297,14 @@ def quantize_gguf(
         keep_alive.append(entries)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
 
-    capture = _LogCapture(on_progress)
+    capture = _LogCapture(progress or NULL_PROGRESS, f"quantize {type_name}")
     started = time.monotonic()
     with atomic_output(output_path) as (tmp_path, _fh):
         make_readable(tmp_path)
-        with _log_lock:
-            _install_log(capture)
-            try:
-                rc = llama_cpp.llama_model_quantize(
-                    str(input_path).encode(), str(tmp_path).encode(), ctypes.byref(params)
-                )
-            finally:
-                _restore_log()
+        with _log_lock, llamacpp.capture_log(capture.feed):
+            rc = llama_cpp.llama_model_quantize(
+                str(input_path).encode(), str(tmp_path).encode(), ctypes.byref(params)
+            )
         if rc != 0:
             reason = capture.errors[-1] if capture.errors else f"llama_model_quantize returned {rc}"
             hint = None
@@ -367,6 +317,7 @@ def quantize_gguf(
             raise ConversionError(
                 f"llama.cpp could not quantize {input_path.name}: {reason}", hint=hint
             )
+    capture.close()
     del keep_alive
     return QuantizeResult(
         input=input_path,
@@ -378,5 +329,5 @@ def quantize_gguf(
         seconds=time.monotonic() - started,
         threads=n_threads,
         imatrix=imatrix_hash,
-        llama_cpp=llama_cpp_version(),
+        llama_cpp=llama_cpp_label(),
     )

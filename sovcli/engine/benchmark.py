@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sovcli.engine.types import EngineConfig, GenerationRequest, SamplingParams
+from sovcli.progress import NULL_PROGRESS, Progress
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -74,12 +75,12 @@ def run_bench(
     parallel: tuple[int, ...] = (1, 2, 4, 8),
     parallel_gen: int = 64,
     repetitions: int = 3,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> BenchReport:
-    """Load the model, measure, and return a BenchReport (progress(str) gets status lines)."""
+    """Load the model, measure, and return a BenchReport (`progress` hears each phase)."""
     from sovcli.engine.core import Engine
 
-    say = progress or (lambda _msg: None)
+    say = (progress or NULL_PROGRESS).note
     rng = random.Random(1234)
     config = EngineConfig(
         model_path=model_path, n_ctx=max(512, n_prompt + n_gen + 16), n_threads=threads
@@ -89,13 +90,13 @@ def run_bench(
             model=engine.info.name, threads=engine.n_threads, n_prompt=n_prompt, n_gen=n_gen
         )
         n_vocab = engine.info.n_vocab
-        say("warming up")
+        say("bench: warming up")
         engine.generate(
             GenerationRequest(_random_prompt(rng, n_vocab, 16), max_tokens=4, sampling=GREEDY)
         )
         pp, tg, ttft = [], [], []
         for rep in range(repetitions):
-            say(f"pp{n_prompt} / tg{n_gen} run {rep + 1}/{repetitions}")
+            say(f"bench: pp{n_prompt} / tg{n_gen} run {rep + 1}/{repetitions}")
             # pp: a fresh random prompt (no cached prefix), one token sampled.
             result = engine.generate(
                 GenerationRequest(
@@ -130,7 +131,7 @@ def run_bench(
         with Engine(config) as engine:
             engine.generate(GenerationRequest(_random_prompt(rng, n_vocab, 8), max_tokens=4))
             for n_seq in parallel:
-                say(f"{n_seq} parallel sequence(s)")
+                say(f"bench: {n_seq} parallel sequence(s)")
                 rates = []
                 for _ in range(max(1, repetitions - 1)):
                     # Submitted together so that every prompt is decoded in the same step.

@@ -21,8 +21,6 @@ from collections import deque
 from typing import Any
 
 from sovcli.engine import chat_template
-from sovcli.engine._llama import llama
-from sovcli.engine.defaults import physical_cores
 from sovcli.engine.prompt_cache import PromptCache, common_prefix
 from sovcli.engine.stream import TokenStream, WakeBatch
 from sovcli.engine.textstream import TextAssembler
@@ -39,7 +37,9 @@ from sovcli.engine.types import (
     TokenLogprob,
 )
 from sovcli.errors import ContextOverflowError, EngineError, UsageError
-from sovcli.paths import debug_enabled
+from sovcli.llamacpp import llama
+from sovcli.settings import debug_enabled
+from sovcli.system import physical_cores
 
 DEFAULT_MAX_CTX = 4096
 # A sequence shorter than this is not worth saving in the prompt cache; a cached state is

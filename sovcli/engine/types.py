@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+MIN_CTX = 64
+"""The smallest context per sequence any command accepts (`--ctx`)."""
+
 FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import stat
 from pathlib import Path
 
+from sovcli import settings
 from sovcli.errors import UsageError
 from sovcli.server.settings import ApiKey
 
@@ -51,9 +51,8 @@ def parse_keys(entries: list[str], source: str) -> list[ApiKey]:
     return keys
 
 
-def load_api_keys(key_file: Path | None, env: dict[str, str] | None = None) -> tuple[ApiKey, ...]:
-    """Keys from `key_file` (if given) plus `SOVCLI_API_KEYS` (if set)."""
-    environ = os.environ if env is None else env
+def load_api_keys(key_file: Path | None, env_keys: str | None = None) -> tuple[ApiKey, ...]:
+    """Keys from `key_file` (if given) plus `SOVCLI_API_KEYS` (or `env_keys` in its place)."""
     keys: list[ApiKey] = []
     if key_file is not None:
         try:
@@ -67,7 +66,7 @@ def load_api_keys(key_file: Path | None, env: dict[str, str] | None = None) -> t
         keys.extend(parse_keys(lines, str(key_file)))
         if not keys:
             raise UsageError(f"the API key file {key_file} holds no key", hint=_GENERATE_HINT)
-    env_value = environ.get(ENV_VAR, "")
+    env_value = (settings.raw(ENV_VAR) if env_keys is None else env_keys) or ""
     if env_value.strip():
         for key in parse_keys(env_value.split(","), ENV_VAR):
             if any(k.key_id == key.key_id for k in keys):

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sovcli.paths import debug_enabled
 from sovcli.server.audit import AuditLog
 from sovcli.server.auth import KeyChecker, presented_key
 from sovcli.server.errors import APIError, internal_error
 from sovcli.server.metrics import ServerMetrics
+from sovcli.settings import debug_enabled
 
 OPEN_PATHS = frozenset({"/health", "/healthz"})
 KNOWN_ENDPOINTS = frozenset(
@@ -140,8 +140,10 @@ class RequestGate:
             elif record.status < 500:
                 record.status = 500
         finally:
-            self.metrics.in_flight -= 1
-            self._finish(record)
+            try:
+                self._finish(record)
+            finally:
+                self.metrics.in_flight -= 1  # after the log line: in flight until logged
 
     async def _handle(self, scope: dict, receive: Any, send: Any, record: RequestRecord) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -13,13 +13,19 @@ import json
 import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sovcli.engine.types import GenerationRequest, GenerationResult, GenerationStream
+from sovcli.engine.types import (
+    EngineProtocol,
+    GenerationRequest,
+    GenerationResult,
+    GenerationStream,
+    TokenEvent,
+)
 from sovcli.errors import SovcliError, UsageError
 from sovcli.server.errors import (
     APIError,
@@ -31,6 +37,7 @@ from sovcli.server.errors import (
 from sovcli.server.gate import RequestRecord, log_exception
 from sovcli.server.protocol import (
     ChatRequest,
+    CompletionRequest,
     GenerationOptions,
     chat_request,
     completion_request,
@@ -39,10 +46,11 @@ from sovcli.server.protocol import (
 )
 from sovcli.server.registry import ModelHandle
 from sovcli.server.responses import DONE, ChatFormat, CompletionFormat
+from sovcli.server.settings import Limits
 from sovcli.server.state import ServerState
 from sovcli.server.tools import (
+    HeldCall,
     forced_call_schema,
-    may_become_call,
     parse_tool_calls,
     prepare_messages,
     template_supports_tools,
@@ -50,6 +58,9 @@ from sovcli.server.tools import (
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 RESULT_TIMEOUT_S = 60.0
+Parsed = TypeVar("Parsed", ChatRequest, CompletionRequest)
+# The last event of a stream that ends badly (a request not streamed gets a 500 or a 503).
+STREAM_FAILURES = {"error": "generation failed", "cancelled": "the request was cancelled"}
 
 
 def error_response(err: APIError) -> Response:
@@ -149,14 +160,24 @@ class Handlers:
 
         return release
 
-    def _submit(self, handle: ModelHandle, gen: GenerationRequest) -> tuple[GenerationStream, Any]:
+    def _submit(
+        self,
+        gen: GenerationRequest,
+        handle: ModelHandle,
+        record: RequestRecord,
+        fmt: ChatFormat | CompletionFormat,
+        options: GenerationOptions,
+        hold: HeldCall | None = None,
+    ) -> _Run:
+        """Admit `gen` (or raise a 503) and hand it to the model's engine."""
         release = self._admit(handle)
         try:
             assert handle.engine is not None
-            return handle.engine.submit(gen), release
+            stream = handle.engine.submit(gen)
         except BaseException:
             release()
             raise
+        return _Run(handle, record, fmt, options, stream, release, hold)
 
     def _grammar_for_schema(self, schema: dict[str, Any], param: str) -> str:
         from sovcli.engine.grammar import json_schema_to_gbnf
@@ -204,15 +225,22 @@ class Handlers:
             request_id=rid,
         )
 
+    async def _routed(
+        self, request: Request, parse: Callable[[dict[str, Any], Limits], Parsed]
+    ) -> tuple[Parsed, ModelHandle, EngineProtocol]:
+        """The body parsed by `parse`, the model it names and its engine (noted in the record)."""
+        parsed = parse(parse_json_body(await request.body()), self.state.settings.limits)
+        handle = self.state.registry.resolve(parsed.options.model)
+        assert handle.engine is not None
+        record = _record(request)
+        record.model, record.stream = handle.id, parsed.options.stream
+        return parsed, handle, handle.engine
+
     # ---- endpoints ---------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions"""
         record = _record(request)
-        chat = chat_request(parse_json_body(await request.body()), self.state.settings.limits)
-        handle = self.state.registry.resolve(chat.options.model)
-        engine = handle.engine
-        assert engine is not None
-        record.model, record.stream = handle.id, chat.options.stream
+        chat, handle, engine = await self._routed(request, chat_request)
         tools_active = bool(chat.tools) and chat.tool_choice != "none"
         tools = chat.tools if tools_active else None
         native = template_supports_tools(engine.info.chat_template)
@@ -227,18 +255,13 @@ class Handlers:
             ) from exc
         if self.state.audit_content:
             record.prompt = chat.messages
-        fmt = ChatFormat(
-            chat.options.model or handle.id,
-            chat.options.top_logprobs if chat.options.logprobs else None,
-        )
+        fmt = ChatFormat(chat.options.model or handle.id, chat.options.logprobs_top)
         gen = self._generation(prompt, chat.options, self._chat_grammar(chat, tools_active), fmt.id)
-        stream, release = self._submit(handle, gen)
-        if chat.options.stream:
-            events = self._chat_events(handle, stream, release, fmt, chat, tools, record)
-            return SSEResponse(events, self._disconnect_callback(stream, record))  # type: ignore[return-value]
-        result = await self._collect(request, handle, stream, record, release)
-        if result is None:
-            return Response(status_code=499)
+        hold = HeldCall(tools, forced=chat.tool_choice != "auto") if tools else None
+        run = self._submit(gen, handle, record, fmt, chat.options, hold)
+        result = await self._respond(request, run)
+        if not isinstance(result, GenerationResult):
+            return result
         text = result.text
         calls = parse_tool_calls(text, tools) if tools else None
         finish = "tool_calls" if calls else self._finish_reason(result)
@@ -252,35 +275,19 @@ class Handlers:
     async def completions(self, request: Request) -> Response:
         """POST /v1/completions"""
         record = _record(request)
-        req = completion_request(parse_json_body(await request.body()), self.state.settings.limits)
-        handle = self.state.registry.resolve(req.options.model)
-        assert handle.engine is not None
-        record.model, record.stream = handle.id, req.options.stream
+        req, handle, engine = await self._routed(request, completion_request)
         if self.state.audit_content:
             record.prompt = req.prompt
-        fmt = CompletionFormat(
-            req.options.model or handle.id,
-            req.options.top_logprobs if req.options.logprobs else None,
-        )
+        fmt = CompletionFormat(req.options.model or handle.id, req.options.logprobs_top)
         gen = self._generation(req.prompt, req.options, None, fmt.id)
-        stream, release = self._submit(handle, gen)
-        echo = ""
-        if req.echo:
-            echo = (
-                req.prompt if isinstance(req.prompt, str) else handle.engine.detokenize(req.prompt)
-            )
-        if req.options.stream:
-            events = self._completion_events(
-                handle, stream, release, fmt, req.options, record, echo
-            )
-            return SSEResponse(events, self._disconnect_callback(stream, record))  # type: ignore[return-value]
-        result = await self._collect(request, handle, stream, record, release)
-        if result is None:
-            return Response(status_code=499)
+        run = self._submit(gen, handle, record, fmt, req.options)
+        if req.echo:  # token ids are detokenized only once the engine has checked them
+            fmt.echo = req.prompt if isinstance(req.prompt, str) else engine.detokenize(req.prompt)
+        result = await self._respond(request, run)
+        if not isinstance(result, GenerationResult):
+            return result
         record.finish_reason = self._finish_reason(result)
-        return JSONResponse(
-            fmt.body(result, text=echo + result.text, finish_reason=record.finish_reason)
-        )
+        return JSONResponse(fmt.body(result, finish_reason=record.finish_reason))
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings"""
@@ -385,13 +392,6 @@ class Handlers:
         )
 
     # ---- generation plumbing ------------------------------------------------------------
-    def _disconnect_callback(self, stream: GenerationStream, record: RequestRecord):
-        def on_disconnect() -> None:
-            record.disconnected = True
-            stream.cancel()
-
-        return on_disconnect
-
     @staticmethod
     def _finish_reason(result: GenerationResult) -> str:
         if result.finish_reason == "error":
@@ -400,27 +400,21 @@ class Handlers:
             raise overloaded(1, "the request was cancelled (server shutting down)")
         return result.finish_reason
 
-    def _account(
-        self, handle: ModelHandle, record: RequestRecord, result: GenerationResult | None
-    ) -> None:
-        if result is None:
-            return
+    def _account(self, run: _Run, result: GenerationResult) -> None:
+        """Count a finished generation in the record and the metrics."""
+        record = run.record
         record.prompt_tokens = result.prompt_tokens
-        record.completion_tokens = result.completion_tokens
-        metrics = self.state.metrics
-        metrics.prompt_tokens.inc((handle.id,), result.prompt_tokens)
-        metrics.generated_tokens.inc((handle.id,), result.completion_tokens)
-        if record.ttft_s is not None:
-            metrics.ttft.observe((handle.id,), record.ttft_s)
+        self.state.metrics.prompt_tokens.inc((run.handle.id,), result.prompt_tokens)
+        self._account_generated(run, result.completion_tokens)
         if self.state.audit_content:
             record.completion = result.text
 
-    def _account_partial(self, handle: ModelHandle, record: RequestRecord, generated: int) -> None:
-        """Count what a stream produced before its client left."""
-        record.completion_tokens = generated
-        self.state.metrics.generated_tokens.inc((handle.id,), generated)
-        if record.ttft_s is not None:
-            self.state.metrics.ttft.observe((handle.id,), record.ttft_s)
+    def _account_generated(self, run: _Run, generated: int) -> None:
+        """Count generated tokens and the time to the first (all a stream cut short has)."""
+        run.record.completion_tokens = generated
+        self.state.metrics.generated_tokens.inc((run.handle.id,), generated)
+        if run.record.ttft_s is not None:
+            self.state.metrics.ttft.observe((run.handle.id,), run.record.ttft_s)
 
     async def _result(self, stream: GenerationStream) -> GenerationResult:
         """The result once the final event has been read (normally ready at once)."""
@@ -429,31 +423,29 @@ class Handlers:
         except TimeoutError:
             return await asyncio.to_thread(stream.result, RESULT_TIMEOUT_S)
 
-    async def _collect(
-        self,
-        request: Request,
-        handle: ModelHandle,
-        stream: GenerationStream,
-        record: RequestRecord,
-        release: Callable[[], None],
-    ) -> GenerationResult | None:
-        """Wait for the whole result, then `release` the queue place.
+    async def _respond(self, request: Request, run: _Run) -> GenerationResult | Response:
+        """The SSE response of a streamed request (returned at once), else the whole result
+        (or a 499 response when the client left first)."""
+        if run.options.stream:
 
-        None (sequence cancelled) if the client leaves first.
-        """
+            def on_disconnect() -> None:
+                run.record.disconnected = True
+                run.stream.cancel()
+
+            return SSEResponse(self._events(run), on_disconnect)  # type: ignore[return-value]
         try:
-            return await self._collect_unreleased(request, handle, stream, record)
+            result = await self._collect(request, run)
         finally:
-            release()
+            run.release()
+        return Response(status_code=499) if result is None else result
 
-    async def _collect_unreleased(
-        self, request: Request, handle: ModelHandle, stream: GenerationStream, record: RequestRecord
-    ) -> GenerationResult | None:
+    async def _collect(self, request: Request, run: _Run) -> GenerationResult | None:
+        """Wait for the whole result; None (sequence cancelled) if the client leaves first."""
+        stream, record = run.stream, run.record
 
         async def consume() -> None:
             async for event in stream:
-                if record.ttft_s is None and (event.text or event.token_ids):
-                    record.ttft_s = time.perf_counter() - record.started
+                _note_first_token(record, event)
                 if event.finish_reason is not None:
                     break
 
@@ -477,113 +469,75 @@ class Handlers:
             return None
         consumer.result()
         result = await self._result(stream)
-        self._account(handle, record, result)
+        self._account(run, result)
         return result
 
-    async def _chat_events(
-        self,
-        handle: ModelHandle,
-        stream: GenerationStream,
-        release: Callable[[], None],
-        fmt: ChatFormat,
-        chat: ChatRequest,
-        tools: list[dict[str, Any]] | None,
-        record: RequestRecord,
-    ) -> AsyncIterator[bytes]:
-        forced = bool(tools) and chat.tool_choice != "auto"
-        holding = bool(tools)  # keep text back while it may still be a tool call
-        held: list[str] = []
+    async def _events(self, run: _Run) -> AsyncIterator[bytes]:
+        """The server-sent events of a chat or text completion. The sequence is cancelled and
+        the queue place released however the stream ends."""
+        fmt, hold, record = run.fmt, run.hold, run.record
         finished = False
         seen = 0
         try:
-            yield fmt.role_chunk()
-            async for event in stream:
+            for chunk in fmt.opening():
+                yield chunk
+            async for event in run.stream:
                 seen += len(event.token_ids)
-                if record.ttft_s is None and (event.text or event.token_ids):
-                    record.ttft_s = time.perf_counter() - record.started
+                _note_first_token(record, event)
                 if event.text:
-                    if holding:
-                        held.append(event.text)
-                        if not forced and not may_become_call("".join(held)):
-                            holding = False
-                            yield fmt.text_chunk("".join(held))
-                            held.clear()
+                    if hold is not None and hold.holding:
+                        released = hold.feed(event.text)
+                        if released:
+                            yield fmt.text_chunk(released)
                     else:
                         yield fmt.text_chunk(event.text, event.logprobs)
                 if event.finish_reason is not None:
                     break
-            result = await self._result(stream)
+            result = await self._result(run.stream)
             finished = True
-            self._account(handle, record, result)
-            if result.finish_reason in ("error", "cancelled"):
-                record.finish_reason = result.finish_reason
-                message = (
-                    "generation failed"
-                    if result.finish_reason == "error"
-                    else "the request was cancelled"
-                )
-                yield _sse_error(message)
+            self._account(run, result)
+            record.finish_reason = finish = result.finish_reason
+            if finish in STREAM_FAILURES:
+                yield _sse_error(STREAM_FAILURES[finish])
                 yield DONE
                 return
-            finish = result.finish_reason
-            if held:
-                calls = parse_tool_calls("".join(held), tools) if tools else None
+            if hold is not None:
+                held, calls = hold.finish()
                 if calls:
+                    assert isinstance(fmt, ChatFormat)
                     yield fmt.tool_calls_chunk(calls)
-                    finish = "tool_calls"
-                else:
-                    yield fmt.text_chunk("".join(held))
-            record.finish_reason = finish
+                    record.finish_reason = finish = "tool_calls"
+                elif held:
+                    yield fmt.text_chunk(held)
             yield fmt.finish_chunk(finish)
-            if chat.options.include_usage:
+            if run.options.include_usage:
                 yield fmt.usage_chunk(result)
             yield DONE
         finally:
             if not finished:
-                stream.cancel()
-                self._account_partial(handle, record, seen)
-            release()
+                run.stream.cancel()
+                self._account_generated(run, seen)
+            run.release()
 
-    async def _completion_events(
-        self,
-        handle: ModelHandle,
-        stream: GenerationStream,
-        release: Callable[[], None],
-        fmt: CompletionFormat,
-        options: GenerationOptions,
-        record: RequestRecord,
-        echo: str,
-    ) -> AsyncIterator[bytes]:
-        finished = False
-        seen = 0
-        try:
-            if echo:
-                yield fmt.text_chunk(echo)
-            async for event in stream:
-                seen += len(event.token_ids)
-                if record.ttft_s is None and (event.text or event.token_ids):
-                    record.ttft_s = time.perf_counter() - record.started
-                if event.text:
-                    yield fmt.text_chunk(event.text, event.logprobs)
-                if event.finish_reason is not None:
-                    break
-            result = await self._result(stream)
-            finished = True
-            self._account(handle, record, result)
-            record.finish_reason = result.finish_reason
-            if result.finish_reason in ("error", "cancelled"):
-                yield _sse_error("generation failed")
-                yield DONE
-                return
-            yield fmt.finish_chunk(result.finish_reason)
-            if options.include_usage:
-                yield fmt.usage_chunk(result)
-            yield DONE
-        finally:
-            if not finished:
-                stream.cancel()
-                self._account_partial(handle, record, seen)
-            release()
+
+@dataclass
+class _Run:
+    """One admitted generation: its model, request record, output format, options and engine
+    stream; `release` gives its queue place back; `hold` keeps back text that may be a call."""
+
+    handle: ModelHandle
+    record: RequestRecord
+    fmt: ChatFormat | CompletionFormat
+    options: GenerationOptions
+    stream: GenerationStream
+    release: Callable[[], None]
+    hold: HeldCall | None = None
+
+
+def _note_first_token(record: RequestRecord, event: TokenEvent) -> None:
+    """Stamp the time to the first generated token."""
+    if record.ttft_s is None and (event.text or event.token_ids):
+        record.ttft_s = time.perf_counter() - record.started
 
 
 def _sse_error(message: str) -> bytes:

@@ -45,6 +45,11 @@ class GenerationOptions:
     logprobs: bool
     top_logprobs: int
 
+    @property
+    def logprobs_top(self) -> int | None:
+        """How many alternatives to report per token; None when logprobs are not asked for."""
+        return self.top_logprobs if self.logprobs else None
+
 
 @dataclass
 class ChatRequest:

@@ -81,32 +81,41 @@ def completion_logprobs(
     }
 
 
-class ChatFormat:
-    """Builds the bodies and chunks of one chat completion."""
+class _Format:
+    """What chat and text completions share: the id, the chunk envelope, usage, the body."""
 
-    object_name = "chat.completion"
+    id_prefix: str  # of the response id
+    object_name: str  # of the whole (non-streamed) response
+    chunk_object: str  # of each stream chunk
+    text_open: str  # the JSON of a text chunk's choice up to the text
+    text_close: bytes  # ... and after it
 
     def __init__(self, model: str, top_logprobs: int | None) -> None:
-        self.id = new_id("chatcmpl")
+        self.id = new_id(self.id_prefix)
         self.created = int(time.time())
         self.model = model
         self.top_logprobs = top_logprobs  # None: logprobs not requested
         self._prefix = (
-            '{"id":' + json.dumps(self.id) + ',"object":"chat.completion.chunk","created":'
-            f"{self.created},"
-            '"model":'
+            '{"id":'
+            + json.dumps(self.id)
+            + f',"object":"{self.chunk_object}","created":{self.created},"model":'
             + json.dumps(model)
             + ',"system_fingerprint":'
             + json.dumps(SYSTEM_FINGERPRINT)
-            + ',"choices":[{"index":0,"delta":{"content":'
+            + ',"choices":[{'
+            + self.text_open
         ).encode("utf-8")
-        self._suffix = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def _plain_text_chunk(self, text: str) -> bytes:
+        """A text delta without logprobs, assembled around the escaped text."""
+        encoded = json.dumps(text, ensure_ascii=False).encode("utf-8")
+        return b"data: " + self._prefix + encoded + self.text_close
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse(
             {
                 "id": self.id,
-                "object": "chat.completion.chunk",
+                "object": self.chunk_object,
                 "created": self.created,
                 "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT,
@@ -115,24 +124,50 @@ class ChatFormat:
             }
         )
 
-    def role_chunk(self) -> bytes:
+    def usage_chunk(self, result: GenerationResult) -> bytes:
+        """The `stream_options.include_usage` chunk: no choices, the usage."""
+        return self._chunk([], usage=usage(result))
+
+    def _body(self, choice: dict[str, Any], result: GenerationResult) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice],
+            "usage": usage(result),
+        }
+
+
+class ChatFormat(_Format):
+    """Builds the bodies and chunks of one chat completion."""
+
+    id_prefix = "chatcmpl"
+    object_name = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+    text_open = '"index":0,"delta":{"content":'
+    text_close = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def opening(self) -> list[bytes]:
         """The first chunk: the assistant role, empty content."""
-        return self._chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
+        return [
+            self._chunk(
+                [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+        ]
 
     def text_chunk(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
         """A content delta."""
         if self.top_logprobs is None or not logprobs:
-            encoded = json.dumps(text, ensure_ascii=False).encode("utf-8")
-            return b"data: " + self._prefix + encoded + self._suffix
+            return self._plain_text_chunk(text)
         return self._chunk(
             [
                 {
@@ -164,10 +199,6 @@ class ChatFormat:
             [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}]
         )
 
-    def usage_chunk(self, result: GenerationResult) -> bytes:
-        """The `stream_options.include_usage` chunk: no choices, the usage."""
-        return self._chunk([], usage=usage(result))
-
     def body(
         self,
         result: GenerationResult,
@@ -180,67 +211,43 @@ class ChatFormat:
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": (
-                        chat_logprobs(result.logprobs, self.top_logprobs)
-                        if self.top_logprobs is not None
-                        else None
-                    ),
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": usage(result),
-        }
-
-
-class CompletionFormat:
-    """Builds the bodies and chunks of one text completion."""
-
-    def __init__(self, model: str, top_logprobs: int | None) -> None:
-        self.id = new_id("cmpl")
-        self.created = int(time.time())
-        self.model = model
-        self.top_logprobs = top_logprobs
-        self.offset = 0
-        self._prefix = (
-            '{"id":' + json.dumps(self.id) + ',"object":"text_completion","created":'
-            f"{self.created},"
-            '"model":'
-            + json.dumps(model)
-            + ',"system_fingerprint":'
-            + json.dumps(SYSTEM_FINGERPRINT)
-            + ',"choices":[{"text":'
-        ).encode("utf-8")
-        self._suffix = b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
-
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return sse(
-            {
-                "id": self.id,
-                "object": "text_completion",
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-                "choices": choices,
-                **extra,
-            }
+        logprobs = (
+            chat_logprobs(result.logprobs, self.top_logprobs)
+            if self.top_logprobs is not None
+            else None
         )
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
+        return self._body(choice, result)
+
+
+class CompletionFormat(_Format):
+    """Builds the bodies and chunks of one text completion (`echo`: the prompt, shown first)."""
+
+    id_prefix = "cmpl"
+    object_name = "text_completion"
+    chunk_object = "text_completion"
+    text_open = '"text":'
+    text_close = b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def __init__(self, model: str, top_logprobs: int | None, echo: str = "") -> None:
+        super().__init__(model, top_logprobs)
+        self.echo = echo
+        self.offset = 0
+
+    def opening(self) -> list[bytes]:
+        """The echoed prompt, if any."""
+        return [self.text_chunk(self.echo)] if self.echo else []
 
     def text_chunk(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
         """A text delta."""
         if self.top_logprobs is None or not logprobs:
             self.offset += len(text)
-            encoded = json.dumps(text, ensure_ascii=False).encode("utf-8")
-            return b"data: " + self._prefix + encoded + self._suffix
+            return self._plain_text_chunk(text)
         lp = completion_logprobs(logprobs, self.top_logprobs, self.offset)
         self.offset += len(text)
         return self._chunk([{"text": text, "index": 0, "logprobs": lp, "finish_reason": None}])
@@ -251,29 +258,17 @@ class CompletionFormat:
             [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish_reason}]
         )
 
-    def usage_chunk(self, result: GenerationResult) -> bytes:
-        """The `stream_options.include_usage` chunk."""
-        return self._chunk([], usage=usage(result))
-
-    def body(self, result: GenerationResult, *, text: str, finish_reason: str) -> dict[str, Any]:
-        """The whole (non-streamed) response."""
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [
-                {
-                    "text": text,
-                    "index": 0,
-                    "logprobs": (
-                        completion_logprobs(result.logprobs, self.top_logprobs)
-                        if self.top_logprobs is not None
-                        else None
-                    ),
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": usage(result),
+    def body(self, result: GenerationResult, *, finish_reason: str) -> dict[str, Any]:
+        """The whole (non-streamed) response: the echo, then the completion."""
+        logprobs = (
+            completion_logprobs(result.logprobs, self.top_logprobs)
+            if self.top_logprobs is not None
+            else None
+        )
+        choice = {
+            "text": self.echo + result.text,
+            "index": 0,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
         }
+        return self._body(choice, result)

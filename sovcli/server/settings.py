@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sovcli.engine.types import MIN_CTX
 from sovcli.errors import UsageError
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
@@ -65,8 +66,8 @@ class ServerSettings:
             raise UsageError("no model to serve", hint="e.g. sovcli serve smollm2-135m")
         if self.parallel < 1:
             raise UsageError("--parallel must be at least 1")
-        if self.ctx is not None and self.ctx < 64:
-            raise UsageError("--ctx must be at least 64 tokens")
+        if self.ctx is not None and self.ctx < MIN_CTX:
+            raise UsageError(f"--ctx must be at least {MIN_CTX} tokens")
         if self.prompt_cache_mib < 0:
             raise UsageError("--prompt-cache must be >= 0 MiB (0 turns it off)")
         if not 0 <= self.port <= 65535:

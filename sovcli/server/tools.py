@@ -209,21 +209,13 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, A
         candidates = [stripped]
     calls = []
     for candidate in candidates:
-        try:
-            obj = json.loads(candidate)
-        except ValueError:
+        obj = _json_object(candidate)
+        if obj is None or obj.get("name") not in names:
             return None
-        if not isinstance(obj, dict):
-            return None
-        name = obj.get("name")
+        name = obj["name"]
         arguments = obj.get("arguments", obj.get("parameters", {}))
-        if name not in names:
-            return None
         if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                return None
+            arguments = _json_object(arguments)
         if not isinstance(arguments, dict):
             return None
         calls.append(
@@ -234,3 +226,41 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, A
             }
         )
     return calls or None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """`text` parsed as a JSON object, or None."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class HeldCall:
+    """While a chat with tools streams: keeps text back while it may still be a tool call.
+
+    A forced call (`tool_choice` "required" or a named function) is held to the end.
+    """
+
+    def __init__(self, tools: list[dict[str, Any]], forced: bool) -> None:
+        self.tools = tools
+        self.forced = forced
+        self.holding = True
+        self._parts: list[str] = []
+
+    def feed(self, text: str) -> str:
+        """Add a text delta; returns what may be shown now ("" while it is held)."""
+        self._parts.append(text)
+        if self.forced or may_become_call("".join(self._parts)):
+            return ""
+        self.holding = False
+        released = "".join(self._parts)
+        self._parts.clear()
+        return released
+
+    def finish(self) -> tuple[str, list[dict[str, Any]] | None]:
+        """At the end: the text still held, and the tool calls it holds (or None)."""
+        held = "".join(self._parts)
+        self._parts.clear()
+        return held, (parse_tool_calls(held, self.tools) if held else None)

@@ -1,4 +1,4 @@
-"""What a source hands back to the pull: files ready to install and their provenance."""
+"""What every source shares: the result of a fetch, disk-space checks, the offline switch."""
 
 from __future__ import annotations
 
@@ -8,11 +8,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sovcli.errors import DiskFullError
+from sovcli import settings
+from sovcli.errors import DiskFullError, NetworkError
+from sovcli.progress import NULL_PROGRESS, Progress
 from sovcli.store.registry import FileToInstall
 
 # Keep this much free beyond the download itself (manifest, temp files, the filesystem's own needs).
 DISK_MARGIN = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How a pull fetches, whatever the source."""
+
+    revision: str | None = None  # hub branch, tag or commit (default: the source's, else main)
+    endpoint: str | None = None  # hub URL (default: $HF_ENDPOINT, else huggingface.co)
+    keep_source: bool = False  # keep a safetensors checkpoint after converting it
+    force: bool = False  # fetch again even when the model is installed
+    progress: Progress = NULL_PROGRESS  # where downloads, conversion and notes are reported
 
 
 @dataclass
@@ -46,3 +59,18 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
+
+
+def offline_error(name: str) -> NetworkError:
+    """The error for a model that is not in the store while HF_HUB_OFFLINE=1."""
+    return NetworkError(
+        f"{name} is not in the store and HF_HUB_OFFLINE=1 forbids downloading it",
+        hint="Unset HF_HUB_OFFLINE (or set HF_ENDPOINT to your site's mirror), import the file "
+        "with `sovcli import PATH.gguf`, or pull an air-gap bundle.",
+    )
+
+
+def refuse_when_offline(name: str) -> None:
+    """Raise `offline_error(name)` when HF_HUB_OFFLINE=1 (no source may touch the network)."""
+    if settings.offline():
+        raise offline_error(name)

@@ -7,31 +7,38 @@ odd member name, hashes every file against the manifest and registers nothing un
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sovcli import paths
 from sovcli.errors import IntegrityError, ModelNotFoundError, StoreError
 from sovcli.fsutil import atomic_output
+from sovcli.progress import NULL_PROGRESS, Progress, ProgressTask
 from sovcli.sources.base import ensure_free_space
-from sovcli.sources.progress import PullProgress
+from sovcli.store.hashing import BLOCK
 from sovcli.store.layout import lock_path
 from sovcli.store.locks import model_lock
 from sovcli.store.model import InstalledModel
 from sovcli.store.names import validate_file_name, validate_name, validate_tag
-from sovcli.store.registry import FileToInstall, InstallSpec, get_installed, install, verify
+from sovcli.store.registry import FileToInstall, InstallSpec, get_installed, install
+from sovcli.store.verify import verify
 
 BUNDLE_MARKER = "sovcli-bundle.json"
 BUNDLE_FORMAT = "sovcli-bundle/1"
 
 
-def export_bundle(model: InstalledModel, out: Path, *, quiet: bool = False) -> dict[str, Any]:
+def export_bundle(
+    model: InstalledModel, out: Path, *, progress: Progress | None = None
+) -> dict[str, Any]:
     """Write `model` (verified first) to the tar `out`; returns a summary."""
-    report = verify(model)
+    progress = progress or NULL_PROGRESS
+    report = verify(model, progress)
     if not report["ok"]:
         bad = ", ".join(
             f"{f['path']} ({f['status']})" for f in report["files"] if f["status"] != "ok"
@@ -49,12 +56,14 @@ def export_bundle(model: InstalledModel, out: Path, *, quiet: bool = False) -> d
         info = tarfile.TarInfo(BUNDLE_MARKER)
         info.size = len(header)
         info.mtime = 0
-        import io
-
         tar.addfile(info, io.BytesIO(header))
         for record in model.manifest["files"]:
             path = model.directory / record["path"]
-            tar.add(path, arcname=record["path"], recursive=False)
+            info = tar.gettarinfo(path, arcname=record["path"])
+            task = progress.task(f"write {record['path']}", info.size, unit="B")
+            with path.open("rb") as src:
+                tar.addfile(info, _Counted(src, task))
+            task.close()
     return {
         "model": model.ref,
         "bundle": str(out),
@@ -63,7 +72,21 @@ def export_bundle(model: InstalledModel, out: Path, *, quiet: bool = False) -> d
     }
 
 
-def import_bundle(bundle: Path, *, quiet: bool = False, force: bool = False) -> InstalledModel:
+class _Counted(io.RawIOBase):
+    """A file being read, each read reported to a progress task."""
+
+    def __init__(self, raw: IO[bytes], task: ProgressTask) -> None:
+        self.raw, self.task = raw, task
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.task.advance(len(data))
+        return data
+
+
+def import_bundle(
+    bundle: Path, *, force: bool = False, progress: Progress | None = None
+) -> InstalledModel:
     """Verify every file of a bundle against its manifest, then register the model."""
     bundle = Path(bundle).expanduser()
     if not bundle.is_file():
@@ -101,7 +124,7 @@ def import_bundle(bundle: Path, *, quiet: bool = False, force: bool = False) -> 
             work.mkdir(parents=True, exist_ok=True)
             try:
                 ensure_free_space(work, sum(int(r.get("size", 0)) for r in records), bundle.name)
-                files = _extract_verified(tar, records, work, quiet)
+                files = _extract_verified(tar, records, work, progress or NULL_PROGRESS)
                 source = {
                     "kind": "bundle",
                     "bundle": str(bundle.resolve()),
@@ -126,44 +149,43 @@ def import_bundle(bundle: Path, *, quiet: bool = False, force: bool = False) -> 
 
 
 def _extract_verified(
-    tar: tarfile.TarFile, records: list[dict[str, Any]], work: Path, quiet: bool
+    tar: tarfile.TarFile, records: list[dict[str, Any]], work: Path, progress: Progress
 ) -> list[FileToInstall]:
-    import hashlib
+    return [_extract_one(tar, record, work, progress) for record in records]
 
-    files = []
-    with PullProgress(quiet) as progress:
-        for record in records:
-            rel = validate_file_name(str(record.get("path")))
-            try:
-                member = tar.getmember(rel)
-            except KeyError:
-                raise IntegrityError(f"bundle is missing {rel}") from None
-            if not member.isfile():
-                raise IntegrityError(f"bundle member {rel} is not a regular file")
-            src = tar.extractfile(member)
-            if src is None:
-                raise IntegrityError(f"cannot read {rel} from the bundle")
-            target = work / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            task = progress.add(f"verify {rel}", member.size)
-            try:
-                with target.open("wb") as out:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-                        digest.update(block)
-                        progress.advance(task, len(block))
-            except OSError as exc:
-                raise StoreError(f"cannot extract {rel}: {exc}") from exc
-            if digest.hexdigest() != record.get("sha256") or target.stat().st_size != record.get(
-                "size"
-            ):
-                raise IntegrityError(
-                    f"bundle file {rel} does not match its manifest (sha256 {digest.hexdigest()}, "
-                    f"expected {record.get('sha256')})",
-                    hint="The bundle was corrupted or tampered with; nothing was registered.",
-                )
-            files.append(
-                FileToInstall(src=target, relpath=rel, sha256=digest.hexdigest(), trusted=True)
-            )
-    return files
+
+def _extract_one(
+    tar: tarfile.TarFile, record: dict[str, Any], work: Path, progress: Progress
+) -> FileToInstall:
+    """Extract one member into `work`, hashing it; IntegrityError unless it matches `record`."""
+    rel = validate_file_name(str(record.get("path")))
+    try:
+        member = tar.getmember(rel)
+    except KeyError:
+        raise IntegrityError(f"bundle is missing {rel}") from None
+    if not member.isfile():
+        raise IntegrityError(f"bundle member {rel} is not a regular file")
+    src = tar.extractfile(member)
+    if src is None:
+        raise IntegrityError(f"cannot read {rel} from the bundle")
+    target = work / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    task = progress.task(f"verify {rel}", member.size, unit="B")
+    try:
+        with target.open("wb") as out:
+            while block := src.read(BLOCK):
+                out.write(block)
+                digest.update(block)
+                task.advance(len(block))
+    except OSError as exc:
+        raise StoreError(f"cannot extract {rel}: {exc}") from exc
+    task.close()
+    sha = digest.hexdigest()
+    if sha != record.get("sha256") or target.stat().st_size != record.get("size"):
+        raise IntegrityError(
+            f"bundle file {rel} does not match its manifest (sha256 {sha}, "
+            f"expected {record.get('sha256')})",
+            hint="The bundle was corrupted or tampered with; nothing was registered.",
+        )
+    return FileToInstall(src=target, relpath=rel, sha256=sha, trusted=True)

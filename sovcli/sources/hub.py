@@ -1,24 +1,26 @@
 """Hugging Face hub source (or a site mirror through HF_ENDPOINT / --endpoint).
 
-Everything goes through the `huggingface_hub` client: repo listing (`HfApi.model_info`),
-file metadata (`get_hf_file_metadata`: commit, LFS sha256, size) and the download itself
-(`http_get`, which resumes a cut connection with a Range request). Downloads land in a
-`.part` file under `<home>/partial/` that survives an interrupted pull, so the next pull
-resumes from where it stopped. Every file is hashed and compared with the catalog pin or
-the hub's own LFS hash before it is registered.
+Only the public API of `huggingface_hub` is used: `HfApi.model_info` lists a repo (commit,
+files, sizes, LFS sha256), `get_hf_file_metadata` gives a file's commit, ETag, size and
+where its bytes are (`hf_hub_url` builds the URL, `huggingface_hub.utils.build_hf_headers`
+the headers) and `huggingface_hub.errors` says what went wrong. The bytes themselves are
+streamed by `sources.transfer` into a `.part` file under `<home>/partial/` that survives an
+interrupted pull (the next pull resumes it with a Range request); the token goes to the hub
+only, never to a CDN host it redirects to. Every file is hashed while it streams and
+compared with the catalog pin or the hub's LFS hash before it is registered.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sovcli.catalog import Source
+from sovcli import settings
 from sovcli.errors import (
     AuthError,
     ConversionError,
@@ -27,17 +29,30 @@ from sovcli.errors import (
     ModelNotFoundError,
     NetworkError,
     SovcliError,
+    StoreError,
     UsageError,
 )
-from sovcli.sources.base import Fetched, ensure_free_space, is_disk_full
-from sovcli.sources.progress import PullProgress, status
-from sovcli.store.hashing import sha256_file
+from sovcli.progress import Progress
+from sovcli.sources import transfer
+from sovcli.sources.base import (
+    Fetched,
+    FetchOptions,
+    ensure_free_space,
+    is_disk_full,
+    offline_error,
+    refuse_when_offline,
+)
+from sovcli.sources.catalog import Source
 from sovcli.store.layout import partial_model_dir
-from sovcli.store.names import quant_from_filename, shard_info, validate_file_name
+from sovcli.store.names import (
+    DEFAULT_HUB_QUANT,
+    quant_from_filename,
+    shard_info,
+    validate_file_name,
+)
 from sovcli.store.registry import FileToInstall, get_installed
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_QUANT = "Q4_K_M"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Files a safetensors checkpoint needs for conversion.
 _CHECKPOINT_PATTERNS = (
@@ -53,6 +68,10 @@ _CHECKPOINT_PATTERNS = (
     re.compile(r"^merges\.txt$"),
     re.compile(r"^chat_template\.(json|jinja)$"),
 )
+# Libraries whose exceptions mean "the hub or the network said no" (not a bug in sovcli).
+_REMOTE_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
+
+T = TypeVar("T")
 
 
 def _hub_client() -> None:
@@ -66,42 +85,18 @@ def _hub_client() -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_DISABLE_TELEMETRY = True
-    logger = logging.getLogger("huggingface_hub.file_download")
-    if not any(isinstance(f, _ResumeMessage) for f in logger.filters):
-        logger.addFilter(_ResumeMessage())
-
-
-class _ResumeMessage(logging.Filter):
-    """Shorten the hub client's multi-line resume warning to one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if "Trying to resume download" in text:
-            detail = text.split(": ", 1)[-1].split("\n", 1)[0]
-            record.msg = "connection interrupted (%s); resuming with a Range request"
-            record.args = (detail[:120],)
-        elif "Max retries exceeded" in text:
-            record.msg, record.args = "download failed after several resume attempts", ()
-        return True
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def hub_endpoint(endpoint: str | None) -> str:
     """The hub: --endpoint, else $HF_ENDPOINT, else huggingface.co (read at call time)."""
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def _token() -> str | None:
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    return (endpoint or settings.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def map_hub_error(
     exc: BaseException, *, repo: str, endpoint: str, revision: str, file: str | None = None
 ) -> SovcliError:
     """Turn a huggingface_hub / transport exception into a one-line SovcliError."""
+    import httpx
     from huggingface_hub import errors as hf_errors
 
     status_code = getattr(getattr(exc, "response", None), "status_code", None)
@@ -129,8 +124,8 @@ def map_hub_error(
             hint=f"List the repo's files on the hub, or pull hf:{repo} to choose a quant.",
         )
     if isinstance(exc, hf_errors.OfflineModeIsEnabled):
-        return _offline_error(repo)
-    if isinstance(exc, hf_errors.HfHubHTTPError):
+        return offline_error(repo)
+    if isinstance(exc, (hf_errors.HfHubHTTPError, httpx.HTTPStatusError)):
         if status_code in (401, 403):
             return AuthError(f"{repo}: access refused ({status_code} from {endpoint})")
         if status_code == 404:
@@ -150,12 +145,27 @@ def map_hub_error(
     )
 
 
-def _offline_error(name: str) -> NetworkError:
-    return NetworkError(
-        f"{name} is not in the store and HF_HUB_OFFLINE=1 forbids downloading it",
-        hint="Unset HF_HUB_OFFLINE (or set HF_ENDPOINT to your site's mirror), import the file "
-        "with `sovcli import PATH.gguf`, or pull an air-gap bundle.",
-    )
+def _is_remote_error(exc: BaseException) -> bool:
+    """True for an error of the hub, the network or the HTTP libraries (not a sovcli bug)."""
+    if isinstance(exc, (OSError, transfer.TransientHTTPError)):
+        return True
+    return any(k.__module__.split(".")[0].startswith(_REMOTE_MODULES) for k in type(exc).__mro__)
+
+
+def _call(
+    what: Callable[[], T], *, repo: str, endpoint: str, revision: str, file: str | None = None
+) -> T:
+    """`what()`, with hub and network errors turned into SovcliErrors."""
+    try:
+        return what()
+    except SovcliError:
+        raise
+    except Exception as exc:
+        if not _is_remote_error(exc):
+            raise
+        raise map_hub_error(
+            exc, repo=repo, endpoint=endpoint, revision=revision, file=file
+        ) from exc
 
 
 @dataclass
@@ -166,33 +176,19 @@ class _RemoteFile:
     sha256_from: str = "none"
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    import httpx2  # type: ignore[import-not-found]
-    from huggingface_hub import errors as hf_errors
-
-    return (
-        hf_errors.HfHubHTTPError,
-        hf_errors.OfflineModeIsEnabled,
-        hf_errors.EntryNotFoundError,
-        httpx2.HTTPError,
-        httpx2.StreamError,
-        ConnectionError,
-        TimeoutError,
-    )
-
-
 def _list_repo(
     repo: str, revision: str, endpoint: str
 ) -> tuple[str | None, dict[str, _RemoteFile], bool | None]:
     """`(commit, {path: _RemoteFile}, gated)` of a repo at a revision."""
     from huggingface_hub import HfApi
 
-    try:
-        info = HfApi(endpoint=endpoint, token=_token()).model_info(
-            repo, revision=revision, files_metadata=True
-        )
-    except _transport_errors() as exc:
-        raise map_hub_error(exc, repo=repo, endpoint=endpoint, revision=revision) from exc
+    api = HfApi(endpoint=endpoint, token=settings.hub_token())
+    info = _call(
+        lambda: api.model_info(repo, revision=revision, files_metadata=True),
+        repo=repo,
+        endpoint=endpoint,
+        revision=revision,
+    )
     files: dict[str, _RemoteFile] = {}
     for sib in info.siblings or []:
         lfs = getattr(sib, "lfs", None)
@@ -248,13 +244,13 @@ def _choose(
                 hint="Available: " + ", ".join(f"hf:{repo}:{q}" for q in sorted(groups)),
             )
         chosen = quant
-    elif DEFAULT_QUANT in groups:
-        chosen = DEFAULT_QUANT
+    elif DEFAULT_HUB_QUANT in groups:
+        chosen = DEFAULT_HUB_QUANT
     elif len(groups) == 1:
         chosen = next(iter(groups))
     else:
         raise UsageError(
-            f"{repo} holds several GGUF quantizations and no {DEFAULT_QUANT}; say which one",
+            f"{repo} holds several GGUF quantizations and no {DEFAULT_HUB_QUANT}; say which one",
             hint="Choose one of: " + ", ".join(f"hf:{repo}:{q}" for q in sorted(groups)),
         )
     models = groups[chosen]
@@ -285,27 +281,57 @@ def _download(
     commit: str,
     endpoint: str,
     workdir: Path,
-    progress: PullProgress,
+    progress: Progress,
 ) -> tuple[Path, str, dict[str, Any]]:
     """Download one file (resuming a `.part`), verify it; returns (path, sha256, metadata)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    token = _token()
+    token = settings.hub_token()
     url = hf_hub_url(repo, remote.path, revision=commit, endpoint=endpoint)
-    try:
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
-    except _transport_errors() as exc:
-        raise map_hub_error(
-            exc, repo=repo, endpoint=endpoint, revision=commit, file=remote.path
-        ) from exc
+    call = functools.partial(_call, repo=repo, endpoint=endpoint, revision=commit, file=remote.path)
+    meta = call(lambda: get_hf_file_metadata(url, token=token))
     etag = (meta.etag or "").strip('"')
     if remote.sha256 is None and _SHA256.match(etag):
         remote.sha256, remote.sha256_from = etag, "hub-lfs"
     size = meta.size if meta.size is not None else remote.size
     name = remote.path.rsplit("/", 1)[-1]
+    part = _prepare_part(workdir, name, etag, size)
+    try:
+        digest, _got = transfer.download(
+            url,
+            part,
+            size=size,
+            headers=build_hf_headers(token=token),
+            auth_origin=transfer.origin(endpoint),
+            label=f"download {name}",
+            progress=progress,
+            first_url=getattr(meta, "location", None) or url,
+        )
+    except OSError as exc:  # writing the .part (the transfer's network errors are not OSErrors)
+        if is_disk_full(exc):
+            part.unlink(missing_ok=True)
+            raise DiskFullError(
+                f"disk full while downloading {name}; the partial file was removed"
+            ) from exc
+        raise StoreError(f"cannot write {part}: {exc.strerror or exc}") from exc
+    except SovcliError:
+        raise
+    except Exception as exc:  # the .part is kept (also on Ctrl-C): the next pull resumes it
+        if not _is_remote_error(exc):
+            raise
+        raise map_hub_error(
+            exc, repo=repo, endpoint=endpoint, revision=commit, file=remote.path
+        ) from exc
+    _check_download(part, digest, size, remote)
     final = workdir / name
+    os.replace(part, final)
+    (workdir / (name + ".etag")).unlink(missing_ok=True)
+    return final, digest, {"commit": meta.commit_hash, "etag": etag, "size": size}
+
+
+def _prepare_part(workdir: Path, name: str, etag: str, size: int | None) -> Path:
+    """The `.part` to complete: kept when it belongs to the same upstream version (ETag)."""
     part = workdir / (name + ".part")
     stamp = workdir / (name + ".etag")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -318,45 +344,19 @@ def _download(
         resume = 0
     if size is not None:
         ensure_free_space(workdir, size - resume, name)
-    headers = build_hf_headers(token=token)
-    download_url = _download_url(url, meta, headers)
-    streamed: str | None = None
-    try:
-        if size is None or resume < size:
-            with part.open("ab") as raw:
-                fh = _HashingWriter(raw, part, resume)
-                http_get(
-                    download_url,
-                    fh,  # type: ignore[arg-type]
-                    resume_size=resume,
-                    headers=headers,
-                    expected_size=size,
-                    displayed_filename=name,
-                    tqdm_class=progress.tqdm_class(name),
-                )
-                streamed = fh.hexdigest()
-    except KeyboardInterrupt:
-        raise  # keep the .part: the next pull resumes from here
-    except OSError as exc:
-        if is_disk_full(exc):
-            part.unlink(missing_ok=True)
-            raise DiskFullError(
-                f"disk full while downloading {name}; the partial file was removed"
-            ) from exc
-        if "Consistency check failed" in str(exc):
-            part.unlink(missing_ok=True)
-            raise IntegrityError(
-                f"{name}: the hub sent a different number of bytes than announced",
-                hint="Pull again.",
-            ) from exc
-        raise map_hub_error(
-            exc, repo=repo, endpoint=endpoint, revision=commit, file=remote.path
-        ) from exc
-    except _transport_errors() as exc:
-        raise map_hub_error(
-            exc, repo=repo, endpoint=endpoint, revision=commit, file=remote.path
-        ) from exc
-    digest = streamed or sha256_file(part)
+    return part
+
+
+def _check_download(part: Path, digest: str, size: int | None, remote: _RemoteFile) -> None:
+    """The downloaded bytes are the announced ones: size, then sha256 (pin or LFS hash)."""
+    name = part.name.removesuffix(".part")
+    stamp = part.with_name(name + ".etag")
+    if size is not None and part.stat().st_size != size:
+        part.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"{name}: the hub sent a different number of bytes than announced",
+            hint="Pull again.",
+        )
     if remote.sha256 and digest != remote.sha256:
         part.unlink(missing_ok=True)
         stamp.unlink(missing_ok=True)
@@ -365,115 +365,17 @@ def _download(
             f"({'catalog pin' if remote.sha256_from == 'catalog' else 'the hub LFS hash'})",
             hint="The download was corrupted or tampered with; the partial file was deleted.",
         )
-    os.replace(part, final)
-    stamp.unlink(missing_ok=True)
-    return final, digest, {"commit": meta.commit_hash, "etag": etag, "size": size}
 
 
-class _HashingWriter:
-    """A file wrapper that hashes what the hub client writes, so no second pass is needed.
-
-    Bytes already in a resumed `.part` are hashed first. If the client rewinds (a server that
-    ignored the Range request), the running hash is abandoned and the file is re-hashed.
-    """
-
-    def __init__(self, raw: Any, path: Path, resume: int) -> None:
-        import hashlib
-
-        self._raw = raw
-        self._digest: Any = hashlib.sha256()
-        self._written = 0
-        if resume:
-            with path.open("rb") as existing:
-                while block := existing.read(1 << 20):
-                    self._digest.update(block)
-        self._expected = resume
-
-    def write(self, data: bytes) -> int:
-        if self._digest is not None:
-            self._digest.update(data)
-        self._expected += len(data)
-        return self._raw.write(data)
-
-    def seek(self, *args: Any) -> int:
-        self._digest = None
-        return self._raw.seek(*args)
-
-    def truncate(self, *args: Any) -> int:
-        self._digest = None
-        return self._raw.truncate(*args)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-    def hexdigest(self) -> str | None:
-        """The sha256 of the whole file, or None when it must be recomputed."""
-        self._raw.flush()
-        if self._digest is None or self._raw.tell() != self._expected:
-            return None
-        return self._digest.hexdigest()
-
-
-def _download_url(url: str, meta: Any, headers: dict[str, str]) -> str:
-    """Where to GET the bytes, as hf_hub_download decides it (and when to drop the token).
-
-    Xet-backed files are fetched from the resolve URL (the client follows the redirect);
-    an LFS file redirected to a CDN host is fetched from there without the Authorization header.
-    """
-    location = getattr(meta, "location", None) or url
-    if getattr(meta, "xet_file_data", None) is not None or location == url:
-        return url
-    try:
-        from huggingface_hub.file_download import _is_same_or_hub_host
-
-        same = _is_same_or_hub_host(url, location)
-    except ImportError:
-        from urllib.parse import urlsplit
-
-        same = urlsplit(url).netloc == urlsplit(location).netloc
-    if not same:
-        headers.pop("authorization", None)
-        headers.pop("Authorization", None)
-    return location
-
-
-def fetch_hub(
-    src: Source,
-    *,
-    name: str,
-    quant: str | None,
-    revision: str | None,
-    endpoint: str | None,
-    progress: PullProgress,
-    quiet: bool,
-    keep_source: bool = False,
-    force: bool = False,
-) -> Fetched:
+def fetch_hub(src: Source, name: str, quant: str | None, options: FetchOptions) -> Fetched:
     """Fetch a GGUF (or a safetensors checkpoint to convert) from a hub repo."""
     repo = src.repo or ""
     _hub_client()
-    if _offline():
-        raise _offline_error(f"{name}" + (f":{quant}" if quant else ""))
-    ep = hub_endpoint(endpoint)
-    rev = revision or src.revision or "main"
-    checkpoint = functools.partial(
-        _fetch_checkpoint,
-        src,
-        name=name,
-        quant=quant,
-        rev=rev,
-        endpoint=ep,
-        progress=progress,
-        quiet=quiet,
-        keep_source=keep_source,
-        force=force,
-    )
+    refuse_when_offline(f"{name}" + (f":{quant}" if quant else ""))
+    ep = hub_endpoint(options.endpoint)
+    rev = options.revision or src.revision or "main"
+    progress = options.progress
+    checkpoint = functools.partial(_fetch_checkpoint, src, name, quant, rev, ep, options)
     if src.format == "safetensors":
         return checkpoint()
     listing: dict[str, _RemoteFile] = {}
@@ -484,13 +386,13 @@ def fetch_hub(
         tag = quant or src.quant or quant_from_filename(src.file) or "default"
         commit: str | None = None
     else:
-        with status(f"Listing {repo}@{rev} on {ep}", quiet):
-            commit, listing, gated = _list_repo(repo, rev, ep)
+        progress.note(f"listing {repo}@{rev} on {ep}")
+        commit, listing, gated = _list_repo(repo, rev, ep)
         groups = _group_ggufs(listing)
         if not groups and _is_checkpoint(listing):
             return checkpoint(listed=(commit, listing, gated))
         tag, paths = _choose(repo, groups, quant)
-    if not force and get_installed(name, tag) is not None:
+    if not options.force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
     remotes = [listing.get(p) or _RemoteFile(path=p) for p in paths]
     if src.sha256 and len(remotes) == 1:
@@ -525,15 +427,11 @@ def fetch_hub(
 
 def _fetch_checkpoint(
     src: Source,
-    *,
     name: str,
     quant: str | None,
     rev: str,
     endpoint: str,
-    progress: PullProgress,
-    quiet: bool,
-    keep_source: bool,
-    force: bool,
+    options: FetchOptions,
     listed: tuple[str | None, dict[str, _RemoteFile], bool | None] | None = None,
 ) -> Fetched:
     """Download a safetensors checkpoint (verified), convert it to GGUF, hand back the GGUF.
@@ -541,12 +439,13 @@ def _fetch_checkpoint(
     `listed` is the repo listing when the caller already has it.
     """
     repo = src.repo or ""
-    tag = quant or src.quant or DEFAULT_QUANT
-    if not force and get_installed(name, tag) is not None:
+    tag = quant or src.quant or DEFAULT_HUB_QUANT
+    progress = options.progress
+    if not options.force and get_installed(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
     if listed is None:
-        with status(f"Listing {repo}@{rev} on {endpoint}", quiet):
-            listed = _list_repo(repo, rev, endpoint)
+        progress.note(f"listing {repo}@{rev} on {endpoint}")
+        listed = _list_repo(repo, rev, endpoint)
     commit, listing, gated = listed
     wanted = [p for p in sorted(listing) if any(pat.match(p) for pat in _CHECKPOINT_PATTERNS)]
     if not _is_checkpoint(listing):
@@ -583,9 +482,13 @@ def _fetch_checkpoint(
             hint="Install a sovcli with the convert module, or pull a GGUF source instead.",
         ) from exc
     out = workdir / f"{repo.rsplit('/', 1)[-1]}-{tag}.gguf"
-    progress.finish()  # the converter draws its own progress
     record = convert_checkpoint_to_gguf(
-        ckpt_dir, out, quant=tag, keep_intermediate=keep_source, quiet=quiet, source_repo=repo
+        ckpt_dir,
+        out,
+        quant=tag,
+        keep_intermediate=options.keep_source,
+        source_repo=repo,
+        progress=progress,
     )
     conversion = dict(record or {})
     conversion.setdefault("checkpoint_files", checkpoint_files)
@@ -606,7 +509,7 @@ def _fetch_checkpoint(
         gguf_file=out.name,
         conversion=conversion,
     )
-    if keep_source:
+    if options.keep_source:
         source["checkpoint_kept_at"] = str(ckpt_dir)
     else:
         fetched.cleanup.append(ckpt_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sovcli.errors import IntegrityError, ModelNotFoundError
+from sovcli.progress import Progress
 from sovcli.store.model import InstalledModel
 from sovcli.store.names import quant_from_filename, shard_info, slugify, validate_name, validate_tag
 from sovcli.store.registry import FileToInstall, InstallSpec, install_locked
@@ -56,11 +57,13 @@ def import_gguf(
     description: str | None = None,
     known_sha256: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> InstalledModel:
     """Register a local GGUF (copied, or hardlinked with `link=True`) with a `local` provenance.
 
     `known_sha256` (file name -> hash) skips re-hashing files the caller has verified;
-    `meta` skips reading the GGUF header (both are for fixtures and bundles).
+    `meta` skips reading the GGUF header (both are for fixtures and bundles). Hashing the
+    copy is reported to `progress`.
     """
     from sovcli.store.ggufmeta import read_metadata
 
@@ -95,7 +98,7 @@ def import_gguf(
         description=description,
         meta=meta,
     )
-    return install_locked(spec)
+    return install_locked(spec, progress)
 
 
 def _license_from(meta: dict[str, Any]) -> str | None:

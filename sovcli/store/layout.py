@@ -28,11 +28,6 @@ def model_dir(name: str, tag: str) -> Path:
     return _inside(root / name / tag, root)
 
 
-def manifest_path(name: str, tag: str) -> Path:
-    """The manifest of an installed model."""
-    return model_dir(name, tag) / MANIFEST_NAME
-
-
 def partial_model_dir(name: str, tag: str) -> Path:
     """Where a pull of `name:tag` keeps its resumable downloads."""
     validate_name(name)

@@ -8,22 +8,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sovcli import __version__
+from sovcli import __version__, llamacpp
 from sovcli.errors import StoreError
 
 MANIFEST_SCHEMA = 1
-
-
-def llama_cpp_version() -> str | None:
-    """The installed llama-cpp-python version, read from package metadata (no import)."""
-    from importlib import metadata
-
-    for dist in ("llama_cpp_python", "llama-cpp-python"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def utc_now() -> str:
@@ -67,7 +55,7 @@ def build_manifest(
         "chat_template": meta.get("chat_template"),
         "created_at": utc_now(),
         "sovcli_version": __version__,
-        "llama_cpp_version": llama_cpp_version(),
+        "llama_cpp_version": llamacpp.version(),
     }
     if conversion is not None:
         manifest["conversion"] = conversion

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from sovcli.errors import InvalidNameError
 
+DEFAULT_HUB_QUANT = "Q4_K_M"
+"""The quantization chosen in a hub repo (and made from a checkpoint) when none is named."""
+
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_NAME_PARTS = 3
@@ -99,11 +102,6 @@ class ModelRef:
     tag: str | None = None  # requested quant / tag
     file: str | None = None  # exact file in a hub repo
     path: str | None = None  # local path or bundle path
-
-    @property
-    def store_name(self) -> str:
-        """The name under which the model is (or will be) stored."""
-        return self.name
 
 
 def parse_ref(ref: str) -> ModelRef:

@@ -1,4 +1,4 @@
-"""Installing, listing, removing and verifying models in the store.
+"""Installing, listing and removing models in the store (verifying them: `store.verify`).
 
 A model is installed by assembling it in a staging directory under `<home>/partial/`
 (files, hashes, manifest), then renaming that directory into `<home>/models/<name>/<tag>`:
@@ -19,6 +19,7 @@ from typing import Any
 from sovcli import paths
 from sovcli.errors import DiskFullError, IntegrityError, ModelNotFoundError, StoreError
 from sovcli.fsutil import atomic_write_bytes, fsync_dir
+from sovcli.progress import NULL_PROGRESS, Progress
 from sovcli.store.hashing import sha256_file
 from sovcli.store.layout import MANIFEST_NAME, file_in, lock_path, model_dir
 from sovcli.store.locks import model_lock
@@ -150,10 +151,11 @@ def _gguf_license(meta: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def install(spec: InstallSpec) -> InstalledModel:
+def install(spec: InstallSpec, progress: Progress | None = None) -> InstalledModel:
     """Register a model (caller holds the model lock). Verifies hashes and the GGUF first.
 
-    Replaces an existing `name:tag` only once the new one is complete.
+    Replaces an existing `name:tag` only once the new one is complete. Files not already
+    verified by the caller are hashed, each a `progress` task.
     """
     from sovcli.store.ggufmeta import read_metadata
 
@@ -173,7 +175,9 @@ def install(spec: InstallSpec) -> InstalledModel:
             if item.trusted and item.sha256:
                 digest = item.sha256
             else:
-                digest = sha256_file(dest)
+                task = (progress or NULL_PROGRESS).task(f"hash {item.relpath}", dest.stat().st_size)
+                digest = sha256_file(dest, task.advance)
+                task.close()
                 if item.sha256 and digest != item.sha256.lower():
                     raise IntegrityError(
                         f"sha256 mismatch for {item.relpath}: got {digest}, expected {item.sha256}",
@@ -223,10 +227,10 @@ def install(spec: InstallSpec) -> InstalledModel:
     return load_installed(target)
 
 
-def install_locked(spec: InstallSpec) -> InstalledModel:
+def install_locked(spec: InstallSpec, progress: Progress | None = None) -> InstalledModel:
     """`install` under the model's lock."""
     with model_lock(lock_path(spec.name)):
-        return install(spec)
+        return install(spec, progress)
 
 
 def remove(name: str, tag: str) -> Path:
@@ -250,38 +254,3 @@ def remove(name: str, tag: str) -> Path:
                 break
             parent = parent.parent
         return target
-
-
-def verify(model: InstalledModel, progress: Any = None) -> dict[str, Any]:
-    """Re-hash every file against the manifest: {ref, ok, files: [{path, status, ...}]}.
-
-    status is 'ok', 'missing', 'size' (size differs) or 'sha256' (content differs).
-    `progress` (a sovcli.sources.progress.PullProgress) shows a bar per file on stderr.
-    """
-    results = []
-    ok = True
-    for record in model.manifest.get("files", []):
-        rel = str(record.get("path"))
-        entry: dict[str, Any] = {"path": rel, "status": "ok"}
-        try:
-            path = file_in(model.directory, rel)
-        except Exception:
-            entry["status"] = "invalid-path"
-            ok = False
-            results.append(entry)
-            continue
-        if not path.is_file():
-            entry["status"] = "missing"
-        elif path.stat().st_size != int(record.get("size", -1)):
-            entry.update(status="size", expected=record.get("size"), actual=path.stat().st_size)
-        else:
-            task = progress.add(f"verify {rel}", path.stat().st_size) if progress else None
-            digest = sha256_file(
-                path, (lambda n, t=task: progress.advance(t, n)) if progress else None
-            )
-            if digest != record.get("sha256"):
-                entry.update(status="sha256", expected=record.get("sha256"), actual=digest)
-        if entry["status"] != "ok":
-            ok = False
-        results.append(entry)
-    return {"model": model.ref, "ok": ok, "files": results}

@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 
 from sovcli.cli.main import app
 
+pytestmark = pytest.mark.slow  # the real model, in-process and in sovcli subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Summarise {name} in one sentence: {text}"
 FAST = ["--ctx", "512", "--max-tokens", "6", "--parallel", "4"]
@@ -287,3 +289,28 @@ def test_endpoint_sends_the_work_to_a_running_sovcli_serve(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_progress_and_summary_in_a_pipe_are_whole_plain_lines(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"memo{i}.txt").write_text(f"Memo {i}: the audit is due in week {i + 3}.\n")
+    out = tmp_path / ("a-results-folder-with-a-long-name-" * 3) / "results.jsonl"
+    env = _env(tmp_path)
+    del env["SOVCLI_NO_PROGRESS"]
+    result = subprocess.run(
+        [sys.executable, "-m", "sovcli", "batch", str(smollm2_gguf), str(docs), "-o", str(out),
+         "--prompt", PROMPT, "--ctx", "512", "--max-tokens", "6", "--parallel", "2"],
+        env={**env, "COLUMNS": "80"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "batch: 3 of 3 documents to process (0 already done)" in lines
+    assert any(re.fullmatch(r"batch [\d,]+ tok: 3/3 docs \(100%\).* in \d+:\d\d:\d\d", line)
+               for line in lines), lines  # fmt: skip
+    summary = [line for line in lines if line.startswith("3 documents: 3 ok")]
+    assert len(summary) == 1 and summary[0].endswith(f"-> {out}")  # one line, not re-wrapped
+    assert "\x1b[" not in result.stderr  # no terminal codes in a pipe

@@ -11,22 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-_LOG_CALLBACK = None
-
 
 def quiet_llama_log() -> None:
-    """Silence llama.cpp's own log (kept referenced so the callback is not collected)."""
-    import llama_cpp
+    """llama.cpp through sovcli's one binding, whose log router drops the chatter."""
+    from sovcli.llamacpp import llama
 
-    global _LOG_CALLBACK
-    if _LOG_CALLBACK is None:
-
-        @llama_cpp.llama_log_callback
-        def _drop(level, text, user_data):  # pragma: no cover - C callback
-            return None
-
-        _LOG_CALLBACK = _drop
-        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    llama()
 
 
 class LlamaModel:

@@ -181,7 +181,7 @@ def test_logits_match_transformers(kind: str, tiny_checkpoint, tiny_gguf, transf
             if kind not in BPE_PRE
             else model.tokenize("The quick brown fox jumps", add_special=True)
         )
-        ours = model.logits(tokens)
+        ours = model.all_logits(tokens)
     finally:
         model.close()
     hf = transformers_mod.AutoModelForCausalLM.from_pretrained(
@@ -189,10 +189,18 @@ def test_logits_match_transformers(kind: str, tiny_checkpoint, tiny_gguf, transf
     )
     hf.eval()
     with torch.no_grad():
-        theirs = hf(torch.tensor([tokens])).logits[0, -1].numpy()
-    scale = float(np.abs(theirs).max())
-    assert float(np.abs(ours - theirs).max()) <= 2e-3 * max(1.0, scale), kind
-    assert int(np.argmax(ours)) == int(np.argmax(theirs))
+        theirs = hf(torch.tensor([tokens])).logits[0].numpy()
+    # At every position, within 2e-3 of the logits' scale (measured: at most half of that).
+    tolerance = 2e-3 * np.maximum(1.0, np.abs(theirs).max(axis=1))
+    assert (np.abs(ours - theirs).max(axis=1) <= tolerance).all(), kind
+    # Two sets of kernels: the top-1 token must agree wherever transformers' top-2 gap exceeds
+    # twice the tolerance; a closer tie may go either way (random tiny models have ties of 0.004
+    # against a tolerance of 0.016). Measured: agreement at 104/104 positions over the 10 kinds.
+    want, got = np.argmax(theirs, axis=1), np.argmax(ours, axis=1)
+    best2 = np.sort(theirs, axis=1)[:, -2:]
+    clear = best2[:, 1] - best2[:, 0] > 2 * tolerance
+    assert clear[-1] and (got == want)[clear].all(), kind
+    assert np.mean(got == want) >= 0.75, f"{kind}: top-1 agreement {np.mean(got == want):.2f}"
 
 
 def _bytes_of(token: str) -> bytes:

@@ -155,7 +155,7 @@ def _legacy_imatrix(path: Path, gguf_path: Path) -> None:
 
 
 def test_quantize_with_imatrix_records_its_hash(tiny_gguf, tmp_path) -> None:
-    from sovcli.convert.quantize import sha256_file
+    from sovcli.store.hashing import sha256_file
 
     source = tiny_gguf("llama3", "f16")
     imatrix = tmp_path / "tiny.imatrix.dat"

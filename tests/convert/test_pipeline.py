@@ -11,15 +11,13 @@ from typer.testing import CliRunner
 
 from sovcli.cli.main import app
 from sovcli.convert.pipeline import convert_checkpoint_to_gguf
-from sovcli.convert.quantize import sha256_file
+from sovcli.store.hashing import sha256_file
 
 
 def test_pipeline_record_and_cleanup(tiny_checkpoint, tmp_path: Path) -> None:
     folder = tiny_checkpoint("llama3", "BF16")
     out = tmp_path / "partial" / "tiny-Q8_0.gguf"
-    record = convert_checkpoint_to_gguf(
-        folder, out, quant="q8_0", keep_intermediate=False, quiet=True
-    )
+    record = convert_checkpoint_to_gguf(folder, out, quant="q8_0", keep_intermediate=False)
 
     assert out.is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == [
@@ -51,7 +49,7 @@ def test_pipeline_record_and_cleanup(tiny_checkpoint, tmp_path: Path) -> None:
 def test_pipeline_keeps_intermediate_when_asked(tiny_checkpoint, tmp_path: Path) -> None:
     out = tmp_path / "m-Q4_0.gguf"
     record = convert_checkpoint_to_gguf(
-        tiny_checkpoint("qwen2"), out, quant="Q4_0", keep_intermediate=True, quiet=True
+        tiny_checkpoint("qwen2"), out, quant="Q4_0", keep_intermediate=True
     )
     assert record["outtype"] == "f16"
     kept = Path(record["intermediate"])
@@ -61,7 +59,7 @@ def test_pipeline_keeps_intermediate_when_asked(tiny_checkpoint, tmp_path: Path)
 def test_pipeline_float_quant_is_a_direct_conversion(tiny_checkpoint, tmp_path: Path) -> None:
     out = tmp_path / "m-F16.gguf"
     record = convert_checkpoint_to_gguf(
-        tiny_checkpoint("qwen3"), out, quant="F16", keep_intermediate=False, quiet=True
+        tiny_checkpoint("qwen3"), out, quant="F16", keep_intermediate=False
     )
     assert record["outtype"] == "f16" and record["quant_type"] == "F16"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-F16.gguf"]
@@ -73,7 +71,7 @@ def test_pipeline_failure_leaves_nothing(tiny_checkpoint, tmp_path: Path) -> Non
     out = tmp_path / "m.gguf"
     with pytest.raises(UsageError):
         convert_checkpoint_to_gguf(
-            tiny_checkpoint("qwen2"), out, quant="IQ2_XS", keep_intermediate=False, quiet=True
+            tiny_checkpoint("qwen2"), out, quant="IQ2_XS", keep_intermediate=False
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -109,7 +107,7 @@ def test_pull_safetensors_repo_converts_and_records(
     result = CliRunner().invoke(app, ["pull", "tiny-llama:Q8_0"])
     assert result.exit_code == 0, result.output
 
-    from sovcli.store import find_installed
+    from sovcli.resolve import find_installed
 
     model = find_installed("tiny-llama:Q8_0")
     assert model is not None
@@ -132,7 +130,7 @@ def test_pull_hf_reference_of_a_checkpoint_converts_to_the_default_quant(
     result = CliRunner().invoke(app, ["pull", "hf:acme/tiny-ckpt", "--quiet"])
     assert result.exit_code == 0, result.output
 
-    from sovcli.store import find_installed
+    from sovcli.resolve import find_installed
 
     model = find_installed("hf:acme/tiny-ckpt:Q4_K_M")
     assert model is not None and model.tag == "Q4_K_M"

@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 
 from sovcli.cli.main import app
 
+# Builds a checkpoint from the real model's weights, converts and quantizes it back.
+pytestmark = pytest.mark.slow
+
 TEXTS = [
     "Hello world! It's a test: we're 100% sure, aren't we?",
     "Le cœur a ses raisons que la raison ne connaît point. Ça coûte 12,50 €.",
@@ -161,26 +164,51 @@ def smollm2_q8(smollm2_f16: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_converted_q8_0_generates_like_the_original(smollm2_gguf: Path, smollm2_q8: Path) -> None:
-    """Measure: the converted Q8_0 model, fed the original model's greedy answer, predicts the
-    same next token (top-1) at >= 90% of positions; and the first tokens of every free greedy
-    answer agree."""
+    """Measure agreement over many positions and prompts, never one token: llama.cpp's kernels
+    differ between CPUs (AVX2, AVX-512, NEON), so a near tie can flip either way. The first
+    greedy token of "List three prime numbers." is such a tie (top-2 logit margin 0.03 in the
+    original): 33 on AVX2, 504 on an AVX-512 EPYC.
+
+    Both models are fed the same tokens (each chat prompt plus the original's greedy answer,
+    and the multilingual TEXTS) and compared at every position. Measured on AVX2 (EPYC,
+    llama-cpp-python 0.3.36) over 519 positions: top-1 agreement 0.933, the original's top-1
+    within the converted model's top-5 at 1.000; on the 32-token answers alone, 0.97. With
+    Gaussian noise of sd 0.2 added to the converted logits (far more than any kernel
+    difference), still 0.888 and 0.998. An unpermuted q/k or a wrong tokenizer scores far
+    below the thresholds."""
     from llama_helpers import LlamaModel
 
     original = LlamaModel(smollm2_gguf, n_ctx=256)
     converted = LlamaModel(smollm2_q8, n_ctx=256)
     try:
-        agree = total = 0
+        sequences = []
+        answer_agree = answer_total = 0
         for question in PROMPTS:
             prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
             tokens = original.tokenize(prompt, parse_special=True)
             assert converted.tokenize(prompt, parse_special=True) == tokens
             reference = original.greedy(tokens, 32)
             predicted = converted.teacher_forced_argmax(tokens, reference)
-            agree += sum(a == b for a, b in zip(reference, predicted, strict=False))
-            total += len(reference)
-            free = converted.greedy(tokens, 1)
-            assert free[0] == reference[0], question
-        assert agree / total >= 0.9, f"top-1 agreement {agree}/{total}"
+            answer_agree += sum(a == b for a, b in zip(reference, predicted, strict=True))
+            answer_total += len(reference)
+            sequences.append(tokens + reference)
+        for text in TEXTS:
+            tokens = original.tokenize(text, parse_special=True)
+            assert converted.tokenize(text, parse_special=True) == tokens
+            sequences.append(tokens)
+
+        top1 = top5 = total = 0
+        for tokens in sequences:
+            want = np.argmax(original.all_logits(tokens), axis=1)
+            got = converted.all_logits(tokens)
+            top1 += int(np.sum(np.argmax(got, axis=1) == want))
+            best5 = np.argpartition(-got, 5, axis=1)[:, :5]
+            top5 += int(np.sum(np.any(best5 == want[:, None], axis=1)))
+            total += len(tokens)
+        assert total >= 400, total
+        assert answer_agree / answer_total >= 0.9, f"answers: {answer_agree}/{answer_total}"
+        assert top1 / total >= 0.85, f"top-1 agreement {top1}/{total}"
+        assert top5 / total >= 0.98, f"original's top-1 in converted top-5: {top5}/{total}"
     finally:
         original.close()
         converted.close()

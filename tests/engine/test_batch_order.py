@@ -11,8 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sovcli.engine.prompt_cache import common_prefix
 from sovcli.engine.types import EngineConfig, GenerationRequest, SamplingParams
+
+pytestmark = pytest.mark.slow  # the real model
 
 
 class _RecordingLlama:

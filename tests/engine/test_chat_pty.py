@@ -4,43 +4,39 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pexpect
 import pytest
 
+pytestmark = pytest.mark.slow  # `sovcli chat` on the real model
+
 PROMPT = ">>> "
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def chat(smollm2_gguf, tmp_path):
-    child = pexpect.spawn(
+def _spawn(args: list[str], cwd, dimensions: tuple[int, int]) -> pexpect.spawn:
+    """`sovcli chat ...` on a pseudo-terminal of `dimensions` (rows, columns)."""
+    return pexpect.spawn(
         sys.executable,
-        [
-            "-m",
-            "sovcli",
-            "chat",
-            str(smollm2_gguf),
-            "--temperature",
-            "0",
-            "--ctx",
-            "1024",
-            "--threads",
-            "1",
-            "--max-tokens",
-            "24",
-        ],
-        cwd=str(tmp_path),
+        ["-m", "sovcli", "chat", *args],
+        cwd=str(cwd),
         encoding="utf-8",
         timeout=300,
-        dimensions=(40, 200),
+        dimensions=dimensions,
         env={
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         },
     )
+
+
+@pytest.fixture
+def chat(smollm2_gguf, tmp_path):
+    args = [str(smollm2_gguf), "--temperature", "0", "--ctx", "1024", "--threads", "1"]
+    child = _spawn([*args, "--max-tokens", "24"], tmp_path, (40, 200))
     child.expect_exact(PROMPT)
     yield child
     if child.isalive():
@@ -119,3 +115,46 @@ def test_chat_help_and_exit(chat):
     chat.expect(pexpect.EOF)
     chat.close()
     assert chat.exitstatus == 0
+
+
+@pytest.mark.timeout(900)
+def test_chat_greets_with_the_store_name_and_validates_set(installed_smollm2, tmp_path):
+    child = _spawn(["smollm2-135m", "--ctx", "512", "--threads", "1"], tmp_path, (40, 80))
+    try:
+        child.expect_exact("Chatting with smollm2-135m.")
+        child.expect_exact(PROMPT)
+        assert "Smollm2 135M" not in child.before  # not the name inside the GGUF
+        child.sendline("/set top_k -5")
+        child.expect_exact("error: top_k must be >= 0, not -5")
+        child.expect_exact(PROMPT)
+        child.sendline("/set")
+        child.expect_exact("top_k = 40")
+        child.expect_exact("max_tokens = 1024")
+        child.expect_exact(PROMPT)
+        child.sendline("/set top_k 5")
+        child.expect_exact("top_k = 5")
+        child.expect_exact(PROMPT)
+        child.sendline("/stats")
+        child.expect_exact("model: smollm2-135m |")
+        child.expect_exact(PROMPT)
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+@pytest.mark.timeout(900)
+def test_piped_chat_prints_no_prompts(smollm2_gguf, tmp_path):
+    script = 'Say hi.\n"""\nLine one.\nLine two."""\n/system\n/set top_k -5\n'
+    proc = subprocess.run(
+        [sys.executable, "-m", "sovcli", "chat", str(smollm2_gguf), "--temperature", "0",
+         "--max-tokens", "8", "--ctx", "512", "--threads", "1"],
+        input=script, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert ">>>" not in proc.stdout and "... " not in proc.stdout, proc.stdout
+    assert "Chatting with" not in proc.stdout + proc.stderr  # no greeting without a terminal
+    assert proc.stdout.strip().endswith("(no system prompt)")
+    assert proc.stdout.strip() != "(no system prompt)"  # the two replies came first
+    assert "error: top_k must be >= 0, not -5" in proc.stderr

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from sovcli.cli.main import app
@@ -13,6 +14,7 @@ from sovcli.cli.main import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_run_prompt_argument_is_deterministic_at_temperature_zero(installed_smollm2):
     args = [
         "run",
@@ -32,6 +34,7 @@ def test_run_prompt_argument_is_deterministic_at_temperature_zero(installed_smol
     assert first.stdout == second.stdout
 
 
+@pytest.mark.slow
 def test_run_reads_stdin_and_prints_stats(smollm2_gguf):
     proc = subprocess.run(
         [
@@ -63,6 +66,7 @@ def test_run_reads_stdin_and_prints_stats(smollm2_gguf):
     assert "llama_" not in proc.stderr  # llama.cpp's own log stays quiet
 
 
+@pytest.mark.slow
 def test_run_piped_stdin_without_dash_and_stop(smollm2_gguf):
     result = runner.invoke(
         app,
@@ -87,6 +91,7 @@ def test_run_piped_stdin_without_dash_and_stop(smollm2_gguf):
     assert "," not in result.stdout
 
 
+@pytest.mark.slow
 def test_run_errors_are_one_line(smollm2_gguf, tmp_path):
     missing = runner.invoke(app, ["run", str(tmp_path / "nope.gguf"), "hi"])
     assert missing.exit_code != 0
@@ -112,6 +117,7 @@ def test_doctor_json_reports_machine_and_store():
     assert report["store"]["free_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_bench_json_small(smollm2_gguf):
     result = runner.invoke(
         app,

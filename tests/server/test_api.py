@@ -1,4 +1,6 @@
-"""`sovcli serve` over real HTTP with the official openai client and the real SmolLM2 model."""
+"""The OpenAI endpoints over real HTTP with the official openai client, on both tiers: the
+fake engine in-process (scripted answers, see serve_helpers.FAKE_REPLIES) and the real
+SmolLM2 model behind `sovcli serve` (`slow`)."""
 
 from __future__ import annotations
 
@@ -6,15 +8,13 @@ import asyncio
 import base64
 import json
 import math
-import socket
 import struct
 import time
-from urllib.parse import urlsplit
 
 import jsonschema
 import openai
 import pytest
-from serve_helpers import API_KEY, metric_value, request
+from serve_helpers import API_KEY, metric_value, open_stream, request, wait_until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -25,8 +25,8 @@ def client(server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def model_id(server, smollm2_gguf) -> str:
-    return str(smollm2_gguf)
+def model_id(server) -> str:
+    return server.model_id
 
 
 def _chat(client, model_id, prompt, **kwargs):
@@ -39,7 +39,7 @@ def _chat(client, model_id, prompt, **kwargs):
     )
 
 
-def test_health_and_models(server, client, model_id, smollm2_gguf):
+def test_health_and_models(server, client, model_id):
     health = request(server.url, "GET", "/health")
     assert health.status == 200
     assert health.json()["status"] == "ready"
@@ -47,7 +47,7 @@ def test_health_and_models(server, client, model_id, smollm2_gguf):
     ids = [m.id for m in models.data]
     assert ids == [model_id]
     # The model also answers to its name (the file stem here).
-    card = client.models.retrieve(smollm2_gguf.stem)
+    card = client.models.retrieve(server.alias)
     assert card.id == model_id
 
 
@@ -317,27 +317,8 @@ def model_id_of(server) -> str:
     return request(server.url, "GET", "/v1/models", headers=AUTH).json()["data"][0]["id"]
 
 
-def test_disconnect_mid_stream_frees_the_slot(server, model_id):
-    parts = urlsplit(server.url)
-    body = json.dumps(
-        {
-            "model": model_id,
-            "stream": True,
-            "max_tokens": 500,
-            "temperature": 0.8,
-            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
-        }
-    ).encode()
-    sock = socket.create_connection((parts.hostname, parts.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    received = b""
-    while received.count(b"data: ") < 6:
-        received += sock.recv(65536)
-    assert b"200 OK" in received.split(b"\r\n")[0]
+def test_disconnect_mid_stream_frees_the_slot(server, model_id, server_log):
+    sock = open_stream(server.url, model_id, 500, events=6, api_key=API_KEY)
     assert _active(server) == 1
     sock.close()
     deadline = time.monotonic() + 30
@@ -351,9 +332,9 @@ def test_disconnect_mid_stream_frees_the_slot(server, model_id):
     assert metric_value(text, "sovcli_generated_tokens_total", model=model_id) == generated
     # The request was logged as a disconnect, far short of its 500 tokens.
     deadline = time.monotonic() + 10
-    while "client-disconnected" not in server.log() and time.monotonic() < deadline:
+    while "client-disconnected" not in server_log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    line = next(x for x in server.log().splitlines() if "client-disconnected" in x)
+    line = next(x for x in server_log().splitlines() if "client-disconnected" in x)
     gen = int(line.split(" gen=")[1].split()[0])
     assert gen < 500
 
@@ -415,7 +396,7 @@ def test_metrics_exposition(server, client, model_id):
     assert metric_value(text, "sovcli_parallel_slots", model=model_id) == 8
 
 
-def test_request_log_and_audit_log_hold_no_content(server, client, model_id):
+def test_request_log_and_audit_log_hold_no_content(server, client, model_id, server_log):
     secret_word = "zebracornium"
     _chat(client, model_id, f"Repeat the word {secret_word}.")
     deadline = time.monotonic() + 10
@@ -436,7 +417,9 @@ def test_request_log_and_audit_log_hold_no_content(server, client, model_id):
     assert "prompt" not in record and "completion" not in record
     statuses = {r["status"] for r in records}
     assert {401, 404}.issubset(statuses)
-    log = server.log()
+    # (The line is written just after the response: on the in-process tier, wait for it.)
+    wait_until(lambda: "POST /v1/chat/completions 200 key=team-a" in server_log())
+    log = server_log()
     assert "POST /v1/chat/completions 200 key=team-a" in log
     assert secret_word not in log
     assert secret_word not in server.audit_path.read_text()

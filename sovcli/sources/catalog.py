@@ -112,27 +112,65 @@ class Catalog:
         entry = self.entries.get(alias)
         if entry is not None:
             return entry
-        close = difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.7)
+        close = self.suggestions(alias)
         hint = (
-            f"Did you mean {', '.join(close)}?"
+            f"Did you mean {' or '.join(close)}?"
             if close
             else "See `sovcli list --available`, or pull hf:org/repo or a .gguf path."
         )
         raise ModelNotFoundError(f"unknown model '{alias}'", hint=hint)
 
-    def suggestions(self, alias: str) -> list[str]:
-        """Close alias names."""
-        return difflib.get_close_matches(alias, list(self.entries), n=3, cutoff=0.7)
+    def describe(self, installed: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """Every alias, sorted, as `sovcli list --available --json` prints it."""
+        return [
+            {
+                "alias": alias,
+                "default_quant": entry.default_quant,
+                "license": entry.license,
+                "gated": entry.gated,
+                "verified": entry.verified,
+                "installed": alias in installed,
+                "description": entry.description,
+                "sources": [s.describe() for s in entry.sources],
+            }
+            for alias, entry in sorted(self.entries.items())
+        ]
+
+    def suggestions(self, name: str) -> list[str]:
+        """Aliases close to `name` (a typo), best first; at most three."""
+        return close_names(name, list(self.entries))
+
+
+def close_names(name: str, candidates: list[str], limit: int = 3) -> list[str]:
+    """`candidates` that look like a typo of `name`, best first.
+
+    Each candidate is compared whole, by its family (`smollm2` of `smollm2-135m`) and by
+    prefix, so a misspelt or bare family name (`smolm2`, `qwen`) still finds the alias.
+    """
+    want = name.lower()
+    scored = []
+    for candidate in candidates:
+        low = candidate.lower()
+        family = low.split("-", 1)[0]
+        score = max(
+            difflib.SequenceMatcher(None, want, low).ratio(),
+            difflib.SequenceMatcher(None, want, family).ratio() - 0.05,
+            0.8 if len(want) >= 3 and low.startswith(want) else 0.0,
+        )
+        if score >= 0.75:
+            scored.append((-score, candidate))
+    return [candidate for _score, candidate in sorted(scored)[:limit]]
 
 
 def bundled_catalog_path() -> Path:
-    """The catalog that ships with sovcli."""
-    return Path(__file__).resolve().parent / "models.toml"
+    """The catalog that ships with sovcli (`sovcli/models.toml`)."""
+    return Path(__file__).resolve().parents[1] / "models.toml"
 
 
 def _fail(path: Path, key: str, what: str) -> CatalogError:
     return CatalogError(
-        f"{path}: {key}: {what}", hint="Fix the entry (see docs/readme/store.md for the schema)."
+        f"{path}: {key}: {what}",
+        hint="Fix the entry (see docs/models-and-store.md for the schema).",
     )
 
 

@@ -1,0 +1,230 @@
+"""One `sovcli batch` run, from a model reference and a folder to a summary.
+
+`BatchSession` resolves the model (or checks the `--endpoint` servers), opens the results
+file, plans which documents still need work, loads the engine only when there is work, and
+runs them. It prints nothing: what the user must see (a repaired results file, an endpoint
+left out) goes to the `notify` callback, even with progress turned off; the progress of the
+documents goes to a `sovcli.progress.Progress`. The CLI shows both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sovcli.batch.journal import Journal
+from sovcli.batch.runner import (
+    BatchJob,
+    BatchRunner,
+    Document,
+    Summary,
+    discover,
+    outdated_lines,
+    plan,
+)
+from sovcli.errors import NetworkError, UsageError
+from sovcli.progress import NULL_PROGRESS, Progress, ProgressTask
+
+DEFAULT_REMOTE_CONTEXT = 4096
+
+
+def model_identity(
+    ref: str, *, remote: bool, dry_run: bool = False, progress: Progress | None = None
+) -> tuple[dict[str, Any], Any]:
+    """The model part of the resume key, and the InstalledModel for local runs.
+
+    A local model is pulled first when missing, except for a dry run (which loads nothing).
+    """
+    if remote:
+        return {"ref": ref, "remote": True}, None
+    from sovcli.resolve import ensure_model, find_installed
+
+    installed = find_installed(ref) if dry_run else ensure_model(ref, progress=progress)
+    if installed is None:  # dry run of a model not pulled yet
+        return {"ref": ref}, None
+    manifest_sha = getattr(installed, "manifest_sha256", None)
+    meta: dict[str, Any] = {"ref": installed.ref, "manifest_sha256": manifest_sha}
+    if not manifest_sha:  # a .gguf used in place: its own hash identifies it
+        from sovcli.store.hashing import sha256_file
+
+        meta["file_sha256"] = sha256_file(Path(installed.gguf_path))
+    return meta, installed
+
+
+def no_documents_error(job: BatchJob) -> UsageError:
+    """The error for a folder (after --include/--exclude) that holds nothing to process."""
+    if job.include or job.exclude:
+        hint = "No file matched --include/--exclude; check the patterns (they match names too)."
+    else:
+        hint = (
+            "Give a folder of .txt .md .html .pdf .docx .csv or .eml files "
+            "(hidden files and folders are skipped)."
+        )
+    return UsageError(f"no documents found in {job.input_dir}", hint=hint)
+
+
+def _ignore(_message: str) -> None:
+    pass
+
+
+class _IdleBackend:
+    """Stands in when every document is already done (no model load)."""
+
+    label = "local"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def text_budget(self, render: Any, max_tokens: int) -> int:
+        return 1 << 30
+
+    def complete_many(self, jobs: Any, settings: Any) -> list[Any]:  # pragma: no cover
+        raise AssertionError("nothing to run")
+
+
+@dataclass
+class BatchSession:
+    """A batch run: the job, where it runs (local model or endpoints), where progress goes."""
+
+    job: BatchJob
+    model_ref: str | None = None  # resolved into job.model first (None: job.model as given)
+    installed: Any = None  # the InstalledModel of a local run
+    endpoints: tuple[str, ...] = ()
+    api_key: str | None = None  # default: SOVCLI_API_KEY
+    remote_context: int = DEFAULT_REMOTE_CONTEXT
+    ctx: int | None = None
+    threads: int | None = None  # decode threads of the local engine (None: physical cores)
+    progress: Progress = NULL_PROGRESS
+    backends: list[Any] | None = None  # run on these (None: the local engine or the endpoints)
+    notify: Callable[[str], None] = _ignore  # messages that must be seen (not progress)
+    _task: ProgressTask | None = field(default=None, init=False, repr=False)
+    _runner: BatchRunner | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _done: int = field(default=0, init=False, repr=False)
+
+    def _prepare(self, *, dry_run: bool) -> None:
+        """Refuse a folder without documents, then resolve the model (pulled unless dry run).
+
+        In that order, so that an empty folder costs no download and creates no results file.
+        """
+        job = self.job
+        if not discover(job.input_dir, job.include, job.exclude, skip=(job.output,)):
+            raise no_documents_error(job)
+        if self.model_ref is not None:
+            remote = bool(self.endpoints)
+            meta, self.installed = model_identity(
+                self.model_ref, remote=remote, dry_run=dry_run, progress=self.progress
+            )
+            self.job = replace(job, model=meta)
+            self.model_ref = None
+
+    def plan(self) -> list[Document]:
+        """Every document and its state, read-only (the dry run); UsageError when none."""
+        self._prepare(dry_run=True)
+        return plan(self.job, Journal.read_only(self.job.output))
+
+    def run(self) -> Summary:
+        """Process every document not done yet; returns what the run did."""
+        self._prepare(dry_run=False)
+        engine = None
+        with Journal.open(self.job.output) as journal:
+            if journal.repaired_bytes:
+                self.notify(
+                    f"repaired {self.job.output}: removed a torn last line "
+                    f"({journal.repaired_bytes} bytes) left by an interrupted run"
+                )
+            documents = plan(self.job, journal)
+            replaced = journal.remove_lines(outdated_lines(self.job, journal, documents))
+            if replaced:
+                self.notify(
+                    f"replacing {replaced} outdated record(s) "
+                    "(changed documents or retried failures)"
+                )
+            to_do = sum(1 for d in documents if d.state in ("todo", "redo"))
+            try:
+                if to_do == 0:  # nothing to do: load no model, call no server
+                    backends: list[Any] = [_IdleBackend()]
+                elif self.backends is not None:
+                    backends = self.backends
+                elif self.endpoints:
+                    backends = self._remote_backends()
+                else:
+                    engine, backends = self._local_backend()
+                return self._run(documents, backends, journal, to_do)
+            finally:
+                if engine is not None:
+                    engine.close()
+
+    def _run(
+        self, documents: list[Document], backends: list[Any], journal: Journal, to_do: int
+    ) -> Summary:
+        self._runner = BatchRunner(self.job, backends, journal, on_record=self._on_record)
+        if to_do:
+            done = len(documents) - to_do
+            self.progress.note(
+                f"batch: {to_do} of {len(documents)} documents to process ({done} already done)"
+            )
+            self._task = self.progress.task("batch", total=to_do, unit="docs")
+        try:
+            return self._runner.run(documents)
+        finally:
+            if self._task is not None:
+                self._task.close()
+
+    def _on_record(self, record: dict[str, Any]) -> None:
+        """After each document: one more done; the label carries tokens and failures."""
+        if self._task is None or self._runner is None:
+            return
+        with self._lock:  # records arrive from every worker thread
+            self._done += 1
+            summary = self._runner.summary
+            failed = f", {summary.failed} failed" if summary.failed else ""
+            label = f"batch {summary.completion_tokens:,} tok{failed}"
+            self._task.update(completed=self._done, label=label)
+
+    def _local_backend(self) -> tuple[Any, list[Any]]:
+        from sovcli.batch.backends import LocalBackend
+        from sovcli.engine.core import Engine
+        from sovcli.engine.types import EngineConfig
+
+        if self.installed is None:
+            raise UsageError("no local model to run (internal: model_identity was not called)")
+        config = EngineConfig(
+            model_path=str(self.installed.gguf_path),
+            n_parallel=self.job.parallel,
+            n_ctx=self.ctx,
+            n_threads=self.threads,
+        )
+        engine = Engine(config)
+        return engine, [LocalBackend(engine)]
+
+    def _remote_backends(self) -> list[Any]:
+        """The endpoints that answer; NetworkError when none does."""
+        from sovcli.batch.remote import RemoteBackend
+        from sovcli.settings import get
+
+        model = self.job.model["ref"]
+        api_key = self.api_key or get("SOVCLI_API_KEY")
+        backends = []
+        problems = []
+        for url in self.endpoints:
+            backend = RemoteBackend(url, model, api_key=api_key, context_tokens=self.remote_context)
+            try:
+                listed = backend.check()
+            except NetworkError as exc:
+                problems.append(exc)
+                self.notify(f"warning: {exc.message}; not using it")
+                continue
+            if listed and model not in listed:
+                self.notify(
+                    f"note: {backend.base} lists {', '.join(listed[:5])}; asking it for '{model}'"
+                )
+            backends.append(backend)
+        if not backends:
+            raise NetworkError(
+                problems[0].message, hint="Start the servers (sovcli serve) or fix --endpoint."
+            )
+        return backends

@@ -1,0 +1,367 @@
+"""One chat with a loaded model: the conversation, the system prompt, sampling, /commands.
+
+Front ends (the `sovcli chat` REPL) read a message, hand it to `ChatSession.reply` or
+`ChatSession.command`, and show what comes back: this module never prints. Replies stream
+through an `on_text` callback; command output comes back as a `CommandResult`.
+
+`SAMPLING_LIMITS` is the one table of ranges for the sampling settings: `/set` checks a
+value with `parse_setting` and the CLI's --temperature/--top-k/... options with
+`check_setting`, so both accept and refuse the same values with the same message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sovcli.engine.types import GenerationResult, SamplingParams
+from sovcli.errors import SovcliError, UsageError
+
+if TYPE_CHECKING:
+    from sovcli.engine.core import Engine
+
+CHAT_COMMANDS = """Commands:
+  /help                 this list
+  /system [TEXT]        set the system prompt (no TEXT: show it)
+  /clear                forget the conversation (keeps the system prompt)
+  /save FILE            save the conversation and settings as JSON
+  /load FILE            load a conversation saved with /save
+  /set [PARAM VALUE]    set temperature, top_p, top_k, min_p, seed, max_tokens,
+                        repeat_penalty, presence_penalty or frequency_penalty
+                        (no PARAM: show the current values)
+  /stats                speed of the last reply and the conversation size
+  /exit                 quit (also /bye, Ctrl-D)
+Multi-line input: a line starting with \"\"\" opens a block, a line ending with \"\"\" closes it."""
+
+SAVE_FORMAT = "sovcli-chat/1"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range of one setting: `low`/`high` (None: unbounded), `low` excluded if `open_low`."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def describe(self) -> str:
+        """The range in words, e.g. '> 0 and <= 1'."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.open_low else '>='} {_number(self.low)}")
+        if self.high is not None:
+            parts.append(f"<= {_number(self.high)}")
+        return " and ".join(parts)
+
+    def contains(self, value: float) -> bool:
+        """Whether `value` is in the range."""
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+SAMPLING_LIMITS: dict[str, Limit] = {
+    "temperature": Limit(float, 0.0),
+    "top_p": Limit(float, 0.0, 1.0, open_low=True),
+    "top_k": Limit(int, 0),
+    "min_p": Limit(float, 0.0, 1.0),
+    "seed": Limit(int, 0),
+    "repeat_penalty": Limit(float, 0.0, open_low=True),
+    "presence_penalty": Limit(float, -2.0, 2.0),
+    "frequency_penalty": Limit(float, -2.0, 2.0),
+    "max_tokens": Limit(int, 0),
+}
+"""What `/set` accepts and the CLI options check: one range per setting."""
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """Why `value` is out of the range of setting `name` ("must be >= 0, not -5"), or None."""
+    limit = SAMPLING_LIMITS[name]
+    if value is None or limit.contains(value):
+        return None
+    return f"must be {limit.describe()}, not {_number(value)}"
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """`value` if it is in the range of setting `name`, else UsageError (one line)."""
+    problem = range_problem(name, value)
+    if problem:
+        raise UsageError(f"{name} {problem}")
+    return value
+
+
+def parse_setting(name: str, raw: str) -> Any:
+    """The text `raw` as a value of setting `name`, checked against its range."""
+    limit = SAMPLING_LIMITS[name]
+    try:
+        value = limit.kind(raw)
+    except ValueError:
+        raise UsageError(f"{name} takes {_kind_name(limit.kind)}, not {raw!r}") from None
+    if value != value:  # NaN
+        raise UsageError(f"{name} takes a number, not {raw!r}")
+    return check_setting(name, value)
+
+
+def _kind_name(kind: type) -> str:
+    return "a whole number" if kind is int else "a number"
+
+
+def format_stats(result: GenerationResult) -> str:
+    """One line of speed figures for `run --stats` and `/stats`."""
+    evaluated = result.prompt_tokens - result.cached_prompt_tokens
+    return (
+        f"prompt: {result.prompt_tokens} tokens ({result.cached_prompt_tokens} cached, "
+        f"{evaluated} evaluated) at {result.prompt_tokens_per_s:.1f} t/s | "
+        f"generation: {result.completion_tokens} tokens at "
+        f"{result.generation_tokens_per_s:.1f} t/s | "
+        f"time to first token: {result.time_to_first_token_s * 1000:.0f} ms | "
+        f"finish: {result.finish_reason}"
+    )
+
+
+def stream_text(stream: Any, on_text: Callable[[str], None]) -> GenerationResult:
+    """Hand a stream's text to `on_text` as it comes; Ctrl-C cancels it, then drains it.
+
+    Returns the stream's result (finish_reason "cancelled" after a Ctrl-C).
+    """
+    try:
+        for event in stream:
+            if event.text:
+                on_text(event.text)
+    except KeyboardInterrupt:
+        stream.cancel()
+        for event in stream:  # drain to the final event (the engine ends it at the next step)
+            if event.text:
+                on_text(event.text)
+    return stream.result()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a slash command produced: `output` for stdout, `note` for stderr."""
+
+    output: str | None = None
+    note: str | None = None
+    quit: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One assistant reply: the engine's result and how many old messages were dropped."""
+
+    result: GenerationResult
+    dropped: int = 0
+
+    @property
+    def note(self) -> str | None:
+        """A remark for stderr when the reply did not end normally."""
+        if self.result.finish_reason == "cancelled":
+            return "(reply stopped)"
+        if self.result.finish_reason == "error":
+            return f"error: {self.result.error}"
+        return None
+
+
+class ChatSession:
+    """The state of one chat: messages, system prompt, sampling settings, last result.
+
+    `model_name` is how the model is called to the user (the name they typed or the store
+    name), not the name inside the GGUF.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        sampling: SamplingParams,
+        max_tokens: int | None,
+        *,
+        model_name: str | None = None,
+        system: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sampling = sampling
+        self.max_tokens = max_tokens
+        self.model_name = model_name or engine.info.name
+        self.system = system
+        self.messages: list[dict[str, Any]] = []
+        self.last: GenerationResult | None = None
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages sent to the model (system prompt first)."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def reply(
+        self,
+        text: str,
+        on_text: Callable[[str], None],
+        on_note: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Send a user message; the reply's text goes to `on_text` as it streams.
+
+        When old messages must go to fit the context, `on_note` hears it before the reply.
+        """
+        from sovcli.engine.conversation import fit_messages
+        from sovcli.engine.types import GenerationRequest
+
+        self.messages.append({"role": "user", "content": text})
+        reserve = self.max_tokens or 256
+        try:
+            kept, prompt, dropped = fit_messages(self.engine, self.conversation(), reserve)
+            stream = self.engine.submit(
+                GenerationRequest(prompt, max_tokens=self.max_tokens, sampling=self.sampling)
+            )
+        except (SovcliError, KeyboardInterrupt):
+            self.messages.pop()  # nothing was generated: forget the message
+            raise
+        if dropped:
+            self.messages = kept[1 if self.system else 0 :]
+            if on_note is not None:
+                on_note(f"(the oldest {dropped} message(s) were dropped to fit the context)")
+        result = stream_text(stream, on_text)
+        self.last = result
+        self.messages.append({"role": "assistant", "content": result.text})
+        return Reply(result, dropped)
+
+    # --- slash commands -----------------------------------------------------------------
+
+    def command(self, line: str) -> CommandResult:
+        """Run a slash command (UsageError for a bad one)."""
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        name = name.lower()
+        if name in ("/exit", "/bye", "/quit"):
+            return CommandResult(quit=True)
+        handler = self._handlers().get(name)
+        if handler is None:
+            raise UsageError(f"unknown command {name}", hint="/help lists the commands.")
+        return handler(arg)
+
+    def _handlers(self) -> dict[str, Callable[[str], CommandResult]]:
+        return {
+            "/help": lambda _arg: CommandResult(output=CHAT_COMMANDS),
+            "/?": lambda _arg: CommandResult(output=CHAT_COMMANDS),
+            "/system": self._system,
+            "/clear": self._clear,
+            "/save": self._save,
+            "/load": self._load,
+            "/set": self._set,
+            "/stats": lambda _arg: CommandResult(output=self.stats()),
+        }
+
+    def _system(self, arg: str) -> CommandResult:
+        if not arg:
+            return CommandResult(output=self.system or "(no system prompt)")
+        self.system = arg
+        return CommandResult(note="system prompt set")
+
+    def _clear(self, _arg: str) -> CommandResult:
+        self.messages = []
+        self.last = None
+        return CommandResult(note="conversation cleared")
+
+    def settings(self) -> dict[str, Any]:
+        """The current value of every setting `/set` changes."""
+        values = {k: getattr(self.sampling, k) for k in SAMPLING_LIMITS if k != "max_tokens"}
+        return {**values, "max_tokens": self.max_tokens}
+
+    def _save(self, arg: str) -> CommandResult:
+        from sovcli.fsutil import atomic_write_text
+
+        if not arg:
+            raise UsageError("/save needs a file name", hint="e.g. /save chat.json")
+        doc = {
+            "format": SAVE_FORMAT,
+            "model": self.engine.info.name,
+            "system": self.system,
+            "messages": self.messages,
+            "settings": self.settings(),
+        }
+        path = Path(arg).expanduser()
+        atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return CommandResult(note=f"saved {len(self.messages)} messages to {path}")
+
+    def _load(self, arg: str) -> CommandResult:
+        if not arg:
+            raise UsageError("/load needs a file name", hint="e.g. /load chat.json")
+        path = Path(arg).expanduser()
+        doc = _read_saved(path)
+        messages = doc["messages"]
+        system = doc.get("system")
+        settings = {
+            k: str(v)
+            for k, v in (doc.get("settings") or {}).items()
+            if k in SAMPLING_LIMITS and v is not None
+        }
+        self._apply_all(settings.items())  # all checked before anything changes
+        self.messages = [
+            {"role": m["role"], "content": str(m.get("content") or "")} for m in messages
+        ]
+        self.system = system if isinstance(system, str) and system else None
+        return CommandResult(note=f"loaded {len(self.messages)} messages from {path}")
+
+    def _set(self, arg: str) -> CommandResult:
+        if not arg:
+            lines = [f"{k} = {_show(v)}" for k, v in self.settings().items()]
+            return CommandResult(output="\n".join(lines))
+        key, _, raw = arg.partition(" ")
+        key = key.strip().lower().replace("-", "_")
+        raw = raw.strip()
+        if key not in SAMPLING_LIMITS or not raw:
+            raise UsageError(
+                "usage: /set PARAM VALUE", hint="PARAM is one of " + ", ".join(SAMPLING_LIMITS)
+            )
+        self._apply_all([(key, raw)])
+        return CommandResult(note=f"{key} = {raw}")
+
+    def _apply_all(self, pairs: Iterable[tuple[str, str]]) -> None:
+        values = {key: parse_setting(key, raw) for key, raw in pairs}
+        max_tokens = values.pop("max_tokens", self.max_tokens)
+        candidate = replace(self.sampling, **values)
+        self.engine.validate_sampling(candidate)  # same validation as a request
+        self.sampling = candidate
+        self.max_tokens = max_tokens or None
+
+    def stats(self) -> str:
+        """`/stats`: the context in use, the last reply's speed, the session's totals."""
+        stats = self.engine.stats()
+        conversation = self.conversation()
+        tokens = (
+            len(self.engine.tokenize(self.engine.render_chat(conversation))) if conversation else 0
+        )
+        lines = [f"model: {self.model_name} | context: {tokens}/{self.engine.info.n_ctx} tokens"]
+        if self.last is not None:
+            lines.append("last reply: " + format_stats(self.last))
+        lines.append(
+            f"session: {stats.requests_total} replies, {stats.generated_tokens_total} tokens "
+            f"generated, {stats.cached_prompt_tokens_total} prompt tokens reused from cache"
+        )
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _read_saved(path: Path) -> dict[str, Any]:
+    """A conversation file written by /save (UsageError when it is not one)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    messages = doc.get("messages") if isinstance(doc, dict) else None
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages
+    ):
+        raise UsageError(f"{path} is not a conversation saved with /save")
+    return doc

@@ -1,0 +1,170 @@
+"""What a model reference means: the one place between the front ends and the sources.
+
+A reference is resolved, top to bottom: a .gguf path (used in place, or imported), a bundle
+(`FILE.tar`), a catalog alias (`smollm2-135m[:Q8_0]` -> its entry -> its sources in order),
+or a hub reference (`hf:org/repo[:QUANT]`, `hf:org/repo/file.gguf`) -> one hub source. The
+sources (`sovcli.sources.fetch`) then download, verify and register into the store.
+
+- `find_installed(ref)`: the installed model, or None; never touches the network.
+- `require_installed(ref)`: the same, or ModelNotFoundError with a useful hint.
+- `ensure_model(ref)`: the installed model, pulled first when missing.
+- `pull(ref, options)` / `pull_model(ref, options)`: fetch, verify and register (what
+  `sovcli pull` does); `FetchOptions` holds revision, endpoint, force, keep_source and the
+  `progress` (a `sovcli.progress.Progress`) to report to. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sovcli.errors import ModelNotFoundError, UsageError
+from sovcli.progress import NULL_PROGRESS, Progress
+from sovcli.sources import FetchOptions, fetch
+from sovcli.sources.catalog import Source, close_names, load_catalog
+from sovcli.store.model import InstalledModel
+from sovcli.store.names import DEFAULT_HUB_QUANT, parse_ref
+from sovcli.store.registry import get_installed, list_installed, tags_of
+
+
+def _local_path_model(path: Path) -> InstalledModel:
+    from sovcli.store.ggufmeta import check_magic
+
+    resolved = path.expanduser().resolve()
+    check_magic(resolved)
+    return InstalledModel(
+        name=resolved.stem,
+        tag="local",
+        directory=resolved.parent,
+        gguf_path=resolved,
+        manifest={"source": {"kind": "path", "path": str(resolved)}},
+    )
+
+
+def _preferred_tag(name: str, kind: str) -> str | None:
+    if kind == "alias":
+        entry = load_catalog().get(name)
+        return entry.default_quant if entry else None
+    return DEFAULT_HUB_QUANT
+
+
+def find_installed(ref: str) -> InstalledModel | None:
+    """The installed model `ref` names, or None. Never touches the network.
+
+    Without a tag: the catalog's default quant if installed, else the only installed tag,
+    else the most recently installed one.
+    """
+    candidate = Path(ref).expanduser()
+    if ref.lower().endswith(".gguf") and candidate.is_file():
+        return _local_path_model(candidate)
+    parsed = parse_ref(ref)
+    if parsed.kind in ("path", "bundle"):
+        return None
+    if parsed.tag:
+        return get_installed(parsed.name, parsed.tag)
+    installed = tags_of(parsed.name)
+    if not installed:
+        return None
+    preferred = _preferred_tag(parsed.name, parsed.kind)
+    for model in installed:
+        if model.tag == preferred:
+            return model
+    if len(installed) == 1:
+        return installed[0]
+    return max(installed, key=lambda m: str(m.manifest.get("created_at", "")))
+
+
+def require_installed(ref: str) -> InstalledModel:
+    """The installed model `ref` names; ModelNotFoundError (with a hint) when there is none.
+
+    A path that does not exist says so, rather than suggesting to pull it.
+    """
+    model = find_installed(ref)
+    if model is not None:
+        return model
+    parsed = parse_ref(ref)
+    if parsed.kind in ("path", "bundle"):
+        path = Path(parsed.path or "").expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"no such file: {parsed.path}",
+                hint="Check the path, or name an installed model (see `sovcli list`).",
+            )
+        raise UsageError(
+            f"{parsed.path} is not an installed model",
+            hint=f"Import it first: `sovcli pull {ref}`.",
+        )
+    close = close_names(ref, sorted({m.ref for m in list_installed()}))
+    hint = f"Did you mean {' or '.join(close)}?" if close else "See `sovcli list`."
+    raise ModelNotFoundError(
+        f"model '{ref}' is not installed", hint=f"{hint} Or pull it: `sovcli pull {ref}`."
+    )
+
+
+def ensure_model(ref: str, *, progress: Progress | None = None) -> InstalledModel:
+    """The model for `ref`, pulled first when it is not installed."""
+    found = find_installed(ref)
+    if found is not None:
+        return found
+    parsed = parse_ref(ref)
+    if parsed.kind == "path":
+        raise ModelNotFoundError(
+            f"no such model file: {parsed.path}", hint="Check the path, or name an installed model."
+        )
+    return pull_model(ref, FetchOptions(progress=progress or NULL_PROGRESS))
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What `pull` did: the model, and whether it was already installed (nothing fetched)."""
+
+    model: InstalledModel
+    already_installed: bool
+
+
+def pull(ref: str, options: FetchOptions | None = None) -> PullResult:
+    """`sovcli pull`: an installed model is kept, unless `force` or another `revision`."""
+    options = options or FetchOptions()
+    parsed = parse_ref(ref)
+    if not options.force and parsed.kind in ("alias", "hf", "name"):
+        found = find_installed(ref)
+        if found is not None:
+            src = found.manifest.get("source") or {}
+            if not options.revision or options.revision in (src.get("revision"), src.get("commit")):
+                return PullResult(found, already_installed=True)
+            options = replace(options, force=True)  # installed from another revision: replace it
+    return PullResult(pull_model(ref, options), already_installed=False)
+
+
+def pull_model(ref: str, options: FetchOptions | None = None) -> InstalledModel:
+    """Fetch, verify and register the model `ref` names; returns it installed.
+
+    The sources decide nothing about names: an alias becomes its catalog entry's sources,
+    a hub reference one hub source. An installed model is returned as is unless `force`.
+    """
+    options = options or FetchOptions()
+    parsed = parse_ref(ref)
+    if parsed.kind == "path":
+        from sovcli.sources.local import import_gguf
+
+        return import_gguf(Path(parsed.path or ""), progress=options.progress)
+    if parsed.kind == "bundle":
+        from sovcli.sources.bundle import import_bundle
+
+        return import_bundle(
+            Path(parsed.path or ""), force=options.force, progress=options.progress
+        )
+    if parsed.kind == "alias":
+        entry = load_catalog().require(parsed.name)
+        quant = parsed.tag or entry.default_quant
+        sources = entry.sources_for(quant)
+        if not sources:
+            offered = sorted({s.quant for s in entry.sources if s.quant})
+            raise ModelNotFoundError(
+                f"'{entry.alias}' has no source for {quant}",
+                hint=f"Available: {', '.join(f'{entry.alias}:{q}' for q in offered)}.",
+            )
+        return fetch(entry.alias, quant, sources, entry, options)
+    # hf:org/repo[...] or an org/repo name
+    source = Source(kind="hf", repo=parsed.name, file=parsed.file, revision=options.revision)
+    return fetch(parsed.name, parsed.tag, [source], None, options)
