@@ -45,8 +45,15 @@ def clock(seconds: float | None) -> str:
 
 
 def fit(label: str, width: int = LABEL_WIDTH) -> str:
-    """Cut a label to `width` characters, keeping its end (file names differ at the end)."""
-    return label if len(label) <= width else "…" + label[-(width - 1) :]
+    """Cut a label to `width` characters: keep its first word (the verb, "verify", "write")
+    and the end of the rest (file names differ at the end)."""
+    if len(label) <= width:
+        return label
+    verb, _, rest = label.partition(" ")
+    if rest and len(verb) < width // 2:
+        keep = width - len(verb) - 2
+        return f"{verb} …{rest[-keep:]}"
+    return "…" + label[-(width - 1) :]
 
 
 class _Counter:
