@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sovcli.errors import ModelNotFoundError, UsageError
+from sovcli.errors import ModelNotFoundError, StoreError, UsageError
 from sovcli.progress import NULL_PROGRESS, Progress
 from sovcli.sources import FetchOptions, fetch
 from sovcli.sources.catalog import Source, close_names, load_catalog
 from sovcli.store.model import InstalledModel
 from sovcli.store.names import DEFAULT_HUB_QUANT, parse_ref
 from sovcli.store.registry import get_installed, list_installed, tags_of
+
+if TYPE_CHECKING:
+    from sovcli.sources.bundle import BundleImport
 
 
 def _local_path_model(path: Path) -> InstalledModel:
@@ -126,14 +130,44 @@ def pull(ref: str, options: FetchOptions | None = None) -> PullResult:
     """`sovcli pull`: an installed model is kept, unless `force` or another `revision`."""
     options = options or FetchOptions()
     parsed = parse_ref(ref)
+    if parsed.kind == "bundle":
+        imported = _import_bundle(parsed.path or "", options)
+        return PullResult(imported.model, already_installed=imported.already_installed)
     if not options.force and parsed.kind in ("alias", "hf", "name"):
-        found = find_installed(ref)
+        try:
+            found = find_installed(ref)
+        except StoreError:  # a broken manifest: pulling again replaces the model
+            found = None
         if found is not None:
             src = found.manifest.get("source") or {}
-            if not options.revision or options.revision in (src.get("revision"), src.get("commit")):
+            same_revision = not options.revision or options.revision in (
+                src.get("revision"),
+                src.get("commit"),
+            )
+            if same_revision and _is_the_catalog_file(found, parsed.kind, options.progress):
                 return PullResult(found, already_installed=True)
-            options = replace(options, force=True)  # installed from another revision: replace it
+            options = replace(options, force=True)  # another revision, or not the pinned file
     return PullResult(pull_model(ref, options), already_installed=False)
+
+
+def _is_the_catalog_file(model: InstalledModel, kind: str, progress: Progress) -> bool:
+    """False when `model` stands under a catalog alias but is not the file its catalog pins
+    (registered by an older sovcli from a forged bundle, say): the pull replaces it."""
+    if kind != "alias":
+        return True
+    from sovcli.store.registry import pin_problem
+
+    pins = load_catalog().pinned_sha256(model.name, model.tag)
+    problem = pin_problem(model.manifest["files"], model.manifest["gguf"], pins)
+    if problem:
+        progress.note(f"{model.ref} is not the catalog's file ({problem}); pulling it again")
+    return problem is None
+
+
+def _import_bundle(path: str, options: FetchOptions) -> BundleImport:
+    from sovcli.sources.bundle import import_bundle
+
+    return import_bundle(Path(path), force=options.force, progress=options.progress)
 
 
 def pull_model(ref: str, options: FetchOptions | None = None) -> InstalledModel:
@@ -149,11 +183,7 @@ def pull_model(ref: str, options: FetchOptions | None = None) -> InstalledModel:
 
         return import_gguf(Path(parsed.path or ""), progress=options.progress)
     if parsed.kind == "bundle":
-        from sovcli.sources.bundle import import_bundle
-
-        return import_bundle(
-            Path(parsed.path or ""), force=options.force, progress=options.progress
-        )
+        return _import_bundle(parsed.path or "", options).model
     if parsed.kind == "alias":
         entry = load_catalog().require(parsed.name)
         quant = parsed.tag or entry.default_quant

@@ -58,6 +58,31 @@ def test_run_makes_no_network_connection(offline_env: dict[str, str], tmp_path: 
     assert _ip_connects(log) == []
 
 
+def test_bundle_pull_makes_no_network_connection(
+    offline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An air-gap bundle is imported (the catalog's pin checked) with no IP connection, and
+    pulling it again says it is already installed."""
+    bundle = tmp_path / "smollm2.tar"
+    exported = subprocess.run(
+        [sys.executable, "-m", "sovcli", "export", "smollm2-135m", "-o", str(bundle), "-q"],
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert exported.returncode == 0, exported.stderr
+    env = {**offline_env, "SOVCLI_HOME": str(tmp_path / "airgapped")}
+    log = tmp_path / "strace.log"
+    pull = f"{sys.executable} -m sovcli pull {bundle}"
+    result = _offline(f"strace -f -qq -e trace=connect -o {log} {pull}", env)
+    assert result.returncode == 0, result.stderr
+    assert "pulled smollm2-135m:Q4_1" in result.stderr
+    assert _ip_connects(log) == []
+    again = _offline(pull, env)
+    assert again.returncode == 0 and "smollm2-135m:Q4_1 is already installed" in again.stderr
+
+
 def test_batch_makes_no_network_connection(offline_env: dict[str, str], tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -5,45 +5,100 @@ off with an fsynced truncate, and every complete record is indexed by its key
 (path, input sha256, model identity, prompt hash, parameters hash) so a re-run skips the
 documents already done and redoes changed ones. Records that a run is about to replace
 (a changed document, a transient failure being retried) are removed first with an atomic
-rewrite, so the file never holds two records for one document and configuration.
+rewrite, so the file never holds two records for one document path.
+
+Records are always valid UTF-8 JSON: text that is not valid Unicode (a lone surrogate from a
+server, a file name that is not UTF-8) is escaped as `\\xNN` / `\\uXXXX`. A file name that is
+not valid UTF-8 keeps its exact bytes in `path_bytes` (base64) next to the readable `path`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
-import errno
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sovcli.errors import DiskFullError, StoreError, UsageError
-from sovcli.fsutil import atomic_output, fsync_dir
+from sovcli.errors import StoreError, UsageError
+from sovcli.fsutil import atomic_output, fsync_dir, write_error
 
 RecordKey = tuple[str, str, str, str, str]
 
 # Failures worth retrying on a re-run (the model or a server failed, not the document).
 RETRYABLE_KINDS = frozenset({"engine", "network", "interrupted"})
+RESUME_HINT = "Free some space (or fix the folder), then re-run the same command: it resumes."
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape): show it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def safe_text(text: str) -> str:
+    """`text` as valid Unicode: lone surrogates become `\\xNN` (undecodable bytes) or `\\uXXXX`."""
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def path_fields(rel: str) -> dict[str, str]:
+    """A record's `path` (readable), plus `path_bytes` (base64, exact) when it is not UTF-8."""
+    shown = safe_text(rel)
+    if shown == rel:
+        return {"path": rel}
+    return {"path": shown, "path_bytes": base64.b64encode(os.fsencode(rel)).decode("ascii")}
+
+
+def record_path(record: dict[str, Any]) -> str:
+    """The exact file name a record is about (as os.walk gives it), for resume keys."""
+    raw = record.get("path_bytes")
+    if isinstance(raw, str):
+        try:
+            return os.fsdecode(base64.b64decode(raw, validate=True))
+        except (ValueError, binascii.Error):
+            pass
+    return str(record.get("path", ""))
+
+
+def clean(value: Any) -> Any:
+    """A copy of a JSON-ready value that always encodes as strict, valid UTF-8 JSON."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return safe_text(str(value))
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One record as one JSON line of valid UTF-8 (never raises for odd text)."""
+    text = json.dumps(clean(record), ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")
 
 
 def record_key(record: dict[str, Any]) -> RecordKey:
     """The identity of a result: same key means the same work on the same input."""
     model = record.get("model") or {}
     return (
-        str(record.get("path", "")),
+        record_path(record),
         str(record.get("sha256") or ""),
         f"{model.get('ref', '')}@{model.get('manifest_sha256') or model.get('file_sha256') or ''}",
         str(record.get("prompt_sha256", "")),
         str(record.get("params_sha256", "")),
     )
-
-
-def config_key(record: dict[str, Any]) -> tuple[str, str, str, str]:
-    """The key without the input hash: the same document path under the same configuration."""
-    path, _sha, model, prompt, params = record_key(record)
-    return (path, model, prompt, params)
 
 
 @dataclass(frozen=True)
@@ -80,7 +135,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.index: dict[RecordKey, IndexedRecord] = {}
-        self.by_config: dict[tuple[str, str, str, str], RecordKey] = {}
+        self.by_path: dict[str, list[IndexedRecord]] = {}  # every record of a path, in order
         self.repaired_bytes = 0  # bytes cut off a torn last line
         self.skipped_lines = 0  # complete lines that were not valid JSON records (left as is)
         self._fd: int | None = None
@@ -194,7 +249,7 @@ class Journal:
 
     def _load_index(self) -> None:
         self.index.clear()
-        self.by_config.clear()
+        self.by_path.clear()
         self._line_count = 0
         with open(self.path, "rb") as fh:
             for line_no, raw in enumerate(fh):
@@ -213,10 +268,14 @@ class Journal:
 
     def _remember(self, record: dict[str, Any], line_no: int) -> None:
         key = record_key(record)
-        self.index[key] = IndexedRecord(
-            line_no=line_no, status=str(record.get("status")), error_kind=record.get("error_kind")
+        kind = record.get("error_kind")
+        indexed = IndexedRecord(
+            line_no=line_no,
+            status=str(record.get("status")),
+            error_kind=kind if isinstance(kind, str) else None,
         )
-        self.by_config[config_key(record)] = key
+        self.index[key] = indexed
+        self.by_path.setdefault(key[0], []).append(indexed)
 
     # --- resume -------------------------------------------------------------------------
 
@@ -230,13 +289,17 @@ class Journal:
         return found is not None and not found.retryable
 
     def outdated_for(self, key: RecordKey) -> IndexedRecord | None:
-        """A record this work replaces: a retryable failure of `key`, or an older input."""
+        """A record this work replaces: a retryable failure of `key`, or any other record of
+        the same path (another input, model, prompt or parameter)."""
         found = self.index.get(key)
         if found is not None:
             return found if found.retryable else None
-        path, _sha, model, prompt, params = key
-        previous = self.by_config.get((path, model, prompt, params))
-        return self.index.get(previous) if previous is not None else None
+        records = self.by_path.get(key[0])
+        return records[-1] if records else None
+
+    def records_for(self, path: str) -> list[IndexedRecord]:
+        """Every record of the document `path` (exact name), in file order."""
+        return list(self.by_path.get(path, ()))
 
     def remove_lines(self, line_numbers: set[int]) -> int:
         """Atomically rewrite the file without those lines; returns how many were removed."""
@@ -244,12 +307,15 @@ class Journal:
             return 0
         assert self._fd is not None
         removed = 0
-        with atomic_output(self.path, "wb") as (_tmp, out), open(self.path, "rb") as src:
-            for line_no, raw in enumerate(src):
-                if line_no in line_numbers:
-                    removed += 1
-                    continue
-                out.write(raw)  # type: ignore[attr-defined]
+        try:
+            with atomic_output(self.path, "wb") as (_tmp, out), open(self.path, "rb") as src:
+                for line_no, raw in enumerate(src):
+                    if line_no in line_numbers:
+                        removed += 1
+                        continue
+                    out.write(raw)  # type: ignore[attr-defined]
+        except StoreError as exc:  # the file is as it was; say how to carry on
+            raise type(exc)(exc.message, hint=RESUME_HINT) from exc
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         self._load_index()
@@ -261,20 +327,21 @@ class Journal:
         """Write one record as one line, then fsync; a failed write leaves no partial line."""
         if self._fd is None:
             raise StoreError(f"{self.path} is not open")
-        data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        before = os.fstat(self._fd).st_size
+        data = encode_record(record)
+        before: int | None = None
         try:
+            before = os.fstat(self._fd).st_size
             view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
             os.fsync(self._fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, before)
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(f"disk full while writing {self.path}") from exc
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            if before is not None:  # no half-written line is left behind
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+            error = write_error(exc, self.path)
+            raise type(error)(error.message, hint=RESUME_HINT) from exc
         self._remember(record, self._line_count)
         self._line_count += 1
 

@@ -2,6 +2,10 @@
 
 One row per document path (the last record wins). For `--schema` runs the top-level keys of
 the extracted objects become their own columns.
+
+A CSV cell that a spreadsheet would run as a formula (one starting with `=`, `+`, `-`, `@`, a
+tab or a line break, or their full-width forms) gets a leading `'`, as OWASP recommends, so a
+document or a model answer such as `=HYPERLINK(...)` is shown as text, never evaluated.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sovcli.batch.journal import iter_records
+from sovcli.batch.journal import iter_records, record_path
 from sovcli.errors import UsageError
 
 BASE_COLUMNS = ("path", "status", "chunks", "prompt_tokens", "completion_tokens", "seconds")
 MARKDOWN_CELL_CHARS = 160
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def latest_records(path: Path) -> list[dict[str, Any]]:
@@ -27,7 +32,7 @@ def latest_records(path: Path) -> list[dict[str, Any]]:
     try:
         for record in iter_records(Path(path)):
             if _is_result(record):
-                latest[str(record.get("path"))] = record
+                latest[record_path(record)] = record
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not latest:
@@ -92,13 +97,19 @@ def table_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def csv_safe(cell: str) -> str:
+    """`cell` as a spreadsheet shows it as text: a formula prefix gets a leading `'`."""
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
 def to_csv(records: list[dict[str, Any]]) -> str:
-    """The records as CSV (RFC 4180 quoting, full outputs)."""
+    """The records as RFC 4180 CSV (CRLF line ends, so a cell holding a bare CR or LF is
+    quoted too), full outputs, no cell a spreadsheet would run."""
     header, rows = table_rows(records)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([csv_safe(c) for c in header])
+    writer.writerows([csv_safe(c) for c in row] for row in rows)
     return buffer.getvalue()
 
 

@@ -10,10 +10,8 @@ appends exactly one record to the journal. Library code: no printing; progress g
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
-import os
 import queue
 import threading
 import time
@@ -32,11 +30,13 @@ from sovcli.batch.backends import (
     PromptJob,
 )
 from sovcli.batch.chunk import chunk_text
-from sovcli.batch.extract import ExtractionError, extract_text
-from sovcli.batch.journal import Journal, RecordKey, record_key
+from sovcli.batch.extract import ExtractionError
+from sovcli.batch.isolate import ExtractOptions, extract_isolated
+from sovcli.batch.journal import Journal, RecordKey, path_fields, record_key, safe_text
 from sovcli.batch.prompt import PromptTemplate, combine_prompt
 from sovcli.batch.schema import merge_values, parse_output, schema_sha256, validate
-from sovcli.errors import NetworkError, UsageError
+from sovcli.batch.walk import Found, discover
+from sovcli.errors import NetworkError, StoreError, UsageError
 from sovcli.store.hashing import sha256_file
 
 METHOD_VERSION = "batch-v1"  # bump when chunking/combining changes what a record means
@@ -60,6 +60,8 @@ class BatchJob:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     retry_failed: bool = False
+    follow_symlinks: bool = False  # read links that point outside input_dir
+    extract: ExtractOptions = field(default_factory=ExtractOptions)  # limits, encoding
 
     @property
     def params(self) -> dict[str, Any]:
@@ -90,13 +92,18 @@ class Document:
     """One input file and what the journal says about it."""
 
     path: Path
-    rel: str  # POSIX path relative to the input folder: the record's `path`
+    rel: str  # POSIX path relative to the input folder, exact (surrogateescape'd bytes)
     size: int
     sha256: str | None
     read_error: str | None
     key: RecordKey
     state: str = "todo"  # todo | done | redo (changed or retried) | failed (done, with error)
     attempts: int = 0
+
+    @property
+    def display(self) -> str:
+        """The path as shown to people and in records (bytes that are not UTF-8 as \\xNN)."""
+        return safe_text(self.rel)
 
 
 @dataclass
@@ -140,59 +147,30 @@ class Summary:
         }
 
 
-# --- discovery and planning ---------------------------------------------------------------
+# --- planning -----------------------------------------------------------------------------
 
 
-def discover(
-    input_dir: Path,
-    include: tuple[str, ...] = (),
-    exclude: tuple[str, ...] = (),
-    skip: tuple[Path, ...] = (),
-) -> list[tuple[Path, str]]:
-    """(path, relative POSIX path) of every file under `input_dir`, sorted.
-
-    Hidden files and folders (name starting with '.') are left out, and so are the paths in
-    `skip` (the results file itself). A glob matches the relative path or the file name.
-    """
-    root = Path(input_dir)
-    if not root.is_dir():
-        raise UsageError(f"input folder {root} does not exist or is not a folder")
-    skipped = {p.resolve() for p in skip}
-    found: list[tuple[Path, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in filenames:
-            if filename.startswith("."):
-                continue
-            path = Path(dirpath) / filename
-            if not path.is_file() or path.resolve() in skipped:
-                continue
-            rel = path.relative_to(root).as_posix()
-            if include and not _matches(rel, include):
-                continue
-            if exclude and _matches(rel, exclude):
-                continue
-            found.append((path, rel))
-    found.sort(key=lambda item: item[1])
-    return found
-
-
-def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+def documents_of(job: BatchJob) -> list[Found]:
+    """What `discover` finds for this job (the results file itself left out)."""
+    return discover(
+        job.input_dir, job.include, job.exclude, skip=(job.output,),
+        follow_symlinks=job.follow_symlinks,
+    )  # fmt: skip
 
 
 def plan(job: BatchJob, journal: Journal) -> list[Document]:
     """Every input document with its key and whether the journal already has it."""
     documents = []
-    for path, rel in discover(job.input_dir, job.include, job.exclude, skip=(job.output,)):
-        sha = error = None
+    for found in documents_of(job):
+        path, rel = found.path, found.rel
+        sha, error = None, found.refused
         size = 0
-        try:
-            size = path.stat().st_size
-            sha = sha256_file(path)
-        except OSError as exc:
-            error = f"cannot read file: {exc.strerror or exc}"
+        if error is None:  # a refused entry is never opened, not even to hash it
+            try:
+                size = path.stat().st_size
+                sha = sha256_file(path)
+            except OSError as exc:
+                error = f"cannot read file: {exc.strerror or exc}"
         record = {
             "path": rel,
             "sha256": sha,
@@ -214,18 +192,18 @@ def plan(job: BatchJob, journal: Journal) -> list[Document]:
 
 
 def outdated_lines(job: BatchJob, journal: Journal, documents: list[Document]) -> set[int]:
-    """Journal lines that this run's work replaces (so no document ends up recorded twice)."""
+    """Journal lines that this run replaces, so the file holds one record per document.
+
+    A document kept as it is (done, or failed for good) keeps its matching record; every other
+    record of its path goes: an older input, model, prompt or parameter, a failure retried,
+    and any duplicate an older sovcli left behind.
+    """
     lines: set[int] = set()
     for doc in documents:
-        if doc.state != "redo":
-            continue
-        existing = journal.lookup(doc.key)
-        if existing is not None:
-            lines.add(existing.line_no)
-        else:
-            outdated = journal.outdated_for(doc.key)
-            if outdated is not None:
-                lines.add(outdated.line_no)
+        kept = journal.lookup(doc.key) if doc.state in ("done", "failed") else None
+        for record in journal.records_for(doc.rel):
+            if kept is None or record.line_no != kept.line_no:
+                lines.add(record.line_no)
     return lines
 
 
@@ -294,7 +272,7 @@ class BatchRunner:
                 summary.skipped += 1
                 if doc.state == "failed":
                     summary.failed_before += 1
-                    summary.failures.append((doc.rel, "failed in an earlier run"))
+                    summary.failures.append((doc.display, "failed in an earlier run"))
         for doc in todo:
             self._queue.put(doc)
         self._pending = len(todo)
@@ -318,14 +296,31 @@ class BatchRunner:
             summary.seconds = time.monotonic() - started
         summary.not_processed = max(0, self._pending)
         if self._abort is not None:
-            raise self._abort
+            raise self._stopped_by(self._abort, len(todo))
         return summary
+
+    def _stopped_by(self, error: BaseException, todo: int) -> BaseException:
+        """The error that stopped the run, saying how far it got (a store error: resumable)."""
+        if isinstance(error, StoreError):
+            done = f"{self.summary.processed} of {todo} documents recorded"
+            return type(error)(f"{error.message} ({done})", hint=error.hint)
+        return error
 
     def stop(self) -> None:
         """Ask the workers to stop after their current document (nothing is half-written)."""
         self._stop.set()
 
     def _worker(self, backend: Backend) -> None:
+        """A worker thread: it never dies silently, whatever fails stops the run cleanly."""
+        try:
+            self._work(backend)
+        except BaseException as exc:  # a full disk, or a bug: stop every worker and say why
+            with self._lock:
+                if self._abort is None:
+                    self._abort = exc
+                self._stop.set()
+
+    def _work(self, backend: Backend) -> None:
         while not self._stop.is_set():
             if getattr(backend, "dead", False):
                 return
@@ -348,7 +343,7 @@ class BatchRunner:
                 record = self._error_record(doc, "internal", f"{type(exc).__name__}: {exc}", 0.0)
             if self._stop.is_set() and record.get("status") != "ok":
                 return  # interrupted: leave it for the next run rather than record a failure
-            self._write(record)
+            self._write(doc, record)
 
     def _hand_over(self, doc: Document, backend: Backend, failure: BackendFailure) -> bool:
         """A network failure: retire the endpoint and requeue the document elsewhere.
@@ -370,11 +365,19 @@ class BatchRunner:
             self._stop.set()
             return True
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, doc: Document, record: dict[str, Any]) -> None:
+        """Append the record (a store error propagates and stops the run: nothing half-written)."""
         with self._lock:
-            if self.journal.closed:  # the run was interrupted; the next run redoes it
+            if self.journal.closed or isinstance(self._abort, StoreError):  # cannot write
                 return
-            self.journal.append(record)
+            try:
+                self.journal.append(record)
+            except (ValueError, TypeError, RecursionError) as exc:  # cannot be encoded: say so
+                message = f"the result could not be stored: {type(exc).__name__}"
+                record = self._error_record(
+                    doc, "internal", message, 0.0, str(record.get("backend", ""))
+                )
+                self.journal.append(record)
             self._pending -= 1
             summary = self.summary
             summary.processed += 1
@@ -385,7 +388,7 @@ class BatchRunner:
                 summary.ok += 1
             else:
                 summary.failed += 1
-                summary.failures.append((record["path"], str(record.get("error"))))
+                summary.failures.append((doc.display, safe_text(str(record.get("error")))))
         if self.on_record is not None:
             self.on_record(record)
 
@@ -395,7 +398,7 @@ class BatchRunner:
         self, doc: Document, backend_label: str, started_at: str | None = None
     ) -> dict[str, Any]:
         return {
-            "path": doc.rel,
+            **path_fields(doc.rel),
             "sha256": doc.sha256,
             "bytes": doc.size,
             "model": self.job.model,
@@ -441,13 +444,14 @@ class BatchRunner:
         if doc.read_error:
             return failed("input", doc.read_error)
         try:
-            text = extract_text(doc.path)
+            text = extract_isolated(doc.path, self.job.extract)
         except ExtractionError as exc:
             return failed("input", str(exc))
         if self._stop.is_set():
             return failed("interrupted", "interrupted")
-        name = doc.path.name
-        render = self._render_for(name, doc.rel)
+        text = safe_text(text)  # a lone surrogate cannot reach the tokenizer or the wire
+        name = safe_text(doc.path.name)
+        render = self._render_for(name, doc.display)
         settings = self.job.settings
         budget = backend.text_budget(render, settings.max_tokens)
         if self.job.chunk_tokens is not None:
@@ -469,7 +473,7 @@ class BatchRunner:
             elif len(answers) == 1:
                 output = answers[0].text.strip()
             else:
-                output = self._combine(backend, name, doc.rel, answers, completions)
+                output = self._combine(backend, name, doc.display, answers, completions)
         except BackendFailure as failure:
             if failure.kind == "network":
                 raise

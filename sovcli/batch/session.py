@@ -21,7 +21,7 @@ from sovcli.batch.runner import (
     BatchRunner,
     Document,
     Summary,
-    discover,
+    documents_of,
     outdated_lines,
     plan,
 )
@@ -94,6 +94,7 @@ class BatchSession:
     installed: Any = None  # the InstalledModel of a local run
     endpoints: tuple[str, ...] = ()
     api_key: str | None = None  # default: SOVCLI_API_KEY
+    proxy: str | None = None  # --proxy: for endpoints off this machine (never from the env)
     remote_context: int = DEFAULT_REMOTE_CONTEXT
     ctx: int | None = None
     threads: int | None = None  # decode threads of the local engine (None: physical cores)
@@ -111,7 +112,7 @@ class BatchSession:
         In that order, so that an empty folder costs no download and creates no results file.
         """
         job = self.job
-        if not discover(job.input_dir, job.include, job.exclude, skip=(job.output,)):
+        if not documents_of(job):
             raise no_documents_error(job)
         if self.model_ref is not None:
             remote = bool(self.endpoints)
@@ -211,7 +212,9 @@ class BatchSession:
         backends = []
         problems = []
         for url in self.endpoints:
-            backend = RemoteBackend(url, model, api_key=api_key, context_tokens=self.remote_context)
+            backend = RemoteBackend(
+                url, model, api_key=api_key, context_tokens=self.remote_context, proxy=self.proxy
+            )
             try:
                 listed = backend.check()
             except NetworkError as exc:

@@ -18,6 +18,7 @@ from sovcli.errors import UsageError
 
 if TYPE_CHECKING:
     from sovcli.batch.backends import GenerationSettings
+    from sovcli.batch.isolate import ExtractOptions
     from sovcli.batch.prompt import PromptTemplate
     from sovcli.batch.runner import Document, Summary
 
@@ -85,11 +86,34 @@ RemoteContextOption = Annotated[
         "--remote-context", min=MIN_CTX, help="Context size assumed for --endpoint servers."
     ),
 ]
+ProxyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        help="HTTP proxy for --endpoint servers off this machine (proxy variables are ignored).",
+    ),
+]
+FollowSymlinksOption = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks", help="Also read symbolic links that point outside the folder."
+    ),
+]
 RetryOption = Annotated[
     bool, typer.Option("--retry-failed", help="Redo documents that failed before.")
 ]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="List what would be processed, run nothing.")
+]
+DocTimeout = Annotated[
+    float, typer.Option("--doc-timeout", help="Seconds to extract one document's text.")
+]
+DocMemory = Annotated[
+    int, typer.Option("--doc-memory", help="MiB of memory to extract one document's text.")
+]
+Encoding = Annotated[
+    str | None,
+    typer.Option("--encoding", help="Encoding of .txt/.csv/.html files (default: detected)."),
 ]
 
 
@@ -114,21 +138,22 @@ def batch_command(
     chunk_tokens: ChunkTokensOption = None, chunk_overlap: ChunkOverlapOption = 64,
     max_tokens: MaxTokensOption = 512, temperature: TemperatureOption = 0.0, seed: SeedOption = 0,
     ctx: CtxOption = None, endpoint: EndpointOption = None, api_key: ApiKeyOption = None,
-    remote_context: RemoteContextOption = 4096, retry_failed: RetryOption = False,
+    remote_context: RemoteContextOption = 4096, proxy: ProxyOption = None,
+    follow_symlinks: FollowSymlinksOption = False, retry_failed: RetryOption = False,
     dry_run: DryRunOption = False, report_format: FormatOption = None,
     json_output: JsonOption = False, quiet: QuietOption = False, threads: ThreadsOption = None,
+    doc_timeout: DocTimeout = 120.0, doc_memory: DocMemory = 1024, encoding: Encoding = None,
 ) -> None:  # fmt: skip
     """Run a model over every document in a folder; one JSON line per document.
 
-    Reads .txt .md .html .pdf (text layer) .docx .csv .eml recursively (hidden files skipped).
-    A document that cannot be read (scanned PDF, encrypted, corrupt, empty, binary, other type)
-    is recorded with its reason and the run goes on. Long documents are split into chunks of
-    the context's size; summaries are combined map-reduce style, --schema extractions merged.
+    Reads .txt .md .html .pdf .docx .csv .eml recursively (hidden files skipped). A document
+    that cannot be read (scanned, corrupt, too slow, a link out of the folder...) is recorded
+    with its reason and the run goes on. Long documents are split into chunks.
 
     Re-running the same command resumes: documents already done (same content, model, prompt
     and parameters) are skipped, changed ones redone; a run killed at any moment loses nothing.
-    Exit code 1 when any document failed, 2 when the folder holds no documents. In a pipe or a
-    log file, progress comes as plain lines (at most one every 10 seconds).
+    Exit code 1 when any document failed, 2 when the folder holds no documents, 8 when the
+    results file cannot be written (disk full; re-run to resume).
 
     The prompt is a template: {text} is the document (appended if missing), {name} its file
     name, {path} its path relative to the folder ({{name}} for a literal brace).
@@ -147,17 +172,17 @@ def batch_command(
     from sovcli.batch.session import BatchSession
     from sovcli.cli.progress import make_progress
 
-    template = _template(prompt, prompt_file)  # bad options fail before any model is touched
-    settings = _settings(schema, not endpoint and not dry_run, max_tokens, temperature, seed)
-    job = BatchJob(
-        input_dir=input_dir, output=output, template=template, settings=settings, model={},
+    job = BatchJob(  # bad options (prompt, schema) fail before any model is touched
+        input_dir=input_dir, output=output, template=_template(prompt, prompt_file), model={},
+        settings=_settings(schema, not endpoint and not dry_run, max_tokens, temperature, seed),
         chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, parallel=parallel,
         context=remote_context if endpoint else ctx, include=tuple(include or ()),
-        exclude=tuple(exclude or ()), retry_failed=retry_failed,
+        exclude=tuple(exclude or ()), retry_failed=retry_failed, follow_symlinks=follow_symlinks,
+        extract=_extract_options(doc_timeout, doc_memory, encoding),
     )  # fmt: skip
     session = BatchSession(
         job, model_ref=model, endpoints=tuple(endpoint or ()), ctx=ctx, threads=threads,
-        api_key=api_key, remote_context=remote_context, notify=_err,
+        api_key=api_key, remote_context=remote_context, proxy=proxy, notify=_err,
     )  # fmt: skip
     if dry_run:
         _print_plan(session.plan(), json_output)
@@ -166,6 +191,13 @@ def batch_command(
         session.progress = progress
         summary = session.run()
     _finish(summary, output, json_output, report_format)
+
+
+def _extract_options(timeout: float, memory_mib: int, encoding: str | None) -> ExtractOptions:
+    """--doc-timeout, --doc-memory and --encoding, checked (UsageError)."""
+    from sovcli.batch.isolate import extract_options
+
+    return extract_options(timeout, memory_mib, encoding)
 
 
 def _template(prompt: str | None, prompt_file: Path | None) -> PromptTemplate:
@@ -239,13 +271,13 @@ def _print_plan(documents: list[Document], json_output: bool) -> None:
     if json_output:
         print_json(
             [
-                {"path": d.rel, "bytes": d.size, "sha256": d.sha256, "state": d.state}
+                {"path": d.display, "bytes": d.size, "sha256": d.sha256, "state": d.state}
                 for d in documents
             ]
         )
     else:
         for doc in documents:
-            sys.stdout.write(f"{doc.state:<7} {doc.size:>12,}  {doc.rel}\n")
+            sys.stdout.write(f"{doc.state:<7} {doc.size:>12,}  {doc.display}\n")
         sys.stdout.flush()
     to_do = sum(1 for d in documents if d.state in ("todo", "redo"))
     _err(

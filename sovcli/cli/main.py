@@ -7,6 +7,7 @@ modules import llama.cpp, numpy and the hub client inside their functions, never
 from __future__ import annotations
 
 import difflib
+import signal
 import sys
 from typing import Any
 
@@ -18,6 +19,43 @@ from sovcli.errors import SovcliError
 from sovcli.settings import debug_enabled
 
 INTERNAL_ERROR_EXIT = 70
+INTERRUPTED_EXIT = 130  # 128 + SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so cleanup runs exactly as for Ctrl-C.
+
+    A KeyboardInterrupt subclass: every `finally` and context manager (temp files beside
+    convert/quantize outputs, journals, engines) unwinds as for Ctrl-C; code that turns Ctrl-C
+    into "stop this reply" (the chat) re-raises it. The exit status is 128 + the signal
+    number (143 for SIGTERM), the shell's convention for a process ended by that signal.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    # One signal is enough: ignore repeats so they cannot interrupt the cleanup itself.
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM (systemd, docker, schedulers) and SIGHUP unwind like Ctrl-C.
+
+    Only signals still at their default action are taken over: `nohup` (SIGHUP ignored) and
+    a parent that set its own disposition keep theirs. Call from the main thread.
+    """
+    for name in TERMINATION_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _raise_terminated)
 
 
 def report_error(exc: SovcliError) -> None:
@@ -70,9 +108,12 @@ class _SovcliGroup(TyperGroup):
                 raise
             report_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except Terminated as exc:
+            sys.stderr.write(f"\nterminated ({signal.Signals(exc.signum).name})\n")
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("\ninterrupted\n")
-            raise typer.Exit(130) from None
+            raise typer.Exit(INTERRUPTED_EXIT) from None
         except Exception as exc:
             if debug_enabled():
                 raise
@@ -132,5 +173,10 @@ _register_commands()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (SIGTERM/SIGHUP handlers installed first)."""
+    install_signal_handlers()
+    try:
+        app()
+    except Terminated as exc:  # a signal outside a command (while parsing, at start-up)
+        sys.stderr.write("\nterminated\n")
+        raise SystemExit(exc.exit_code) from None

@@ -51,6 +51,39 @@ def _say(text: str) -> None:
     out_console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def sweep_store() -> None:
+    """Clear what interrupted sovcli processes left in the store; every store command starts
+    with it (`sovcli.store.sweep`: only what no live process holds is removed)."""
+    from sovcli.cli.output import log
+    from sovcli.cli.progress import human_bytes
+    from sovcli.store.sweep import sweep_leftovers
+
+    swept = sweep_leftovers()
+    if swept.paths:
+        log(
+            f"removed {len(swept.paths)} leftover(s) of interrupted sovcli runs "
+            f"({human_bytes(swept.bytes)})"
+        )
+
+
+def _installed_or_broken(ref: str) -> Any:
+    """The installed model `ref` names, or the BrokenModel when its manifest is missing or
+    unreadable (so that `verify` reports it and `rm` removes it); else as `require_installed`."""
+    from sovcli.errors import ModelNotFoundError, StoreError
+    from sovcli.resolve import require_installed
+    from sovcli.store.names import parse_ref
+    from sovcli.store.registry import find_broken
+
+    try:
+        return require_installed(ref)
+    except (StoreError, ModelNotFoundError):
+        parsed = parse_ref(ref)
+        broken = find_broken(parsed.name, parsed.tag) if parsed.tag else None
+        if broken is None:
+            raise
+        return broken
+
+
 def _print_table(
     headers: list[str], rows: list[list[str]], steps: tuple[tuple[str, str], ...] = ()
 ) -> None:
@@ -107,7 +140,9 @@ def _cell(text: str, width: int, mode: str = "wrap") -> list[str]:
 
 def _model_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [
-        [
+        [r["model"], "BROKEN", "-", "-", "-", "-", "-"]
+        if r["status"] == "broken"
+        else [
             r["model"],
             _human(r["size"]),
             str(r["quantization"] or "-"),
@@ -212,10 +247,11 @@ def list_command(json_output: JsonOption = False, available: AvailableOption = F
       sovcli list --available
     """
     from sovcli.cli.output import log, print_json
-    from sovcli.store.registry import list_installed
-    from sovcli.store.report import model_row
+    from sovcli.store.registry import scan_store
+    from sovcli.store.report import broken_row, model_row
 
-    installed = list_installed()
+    sweep_store()
+    installed, broken = scan_store()
     if available:
         from sovcli.sources.catalog import load_catalog
 
@@ -226,22 +262,23 @@ def list_command(json_output: JsonOption = False, available: AvailableOption = F
             headers = ["ALIAS", "QUANT", "LICENSE", "INSTALLED", "DESCRIPTION"]
             _print_table(headers, _catalog_rows(rows), (("below", "DESCRIPTION"),))
         return
-    rows = [model_row(m) for m in installed]
+    rows = [model_row(m) for m in installed] + [broken_row(b) for b in broken]
     if json_output:
         print_json(rows)
-        return
-    if not rows:
+    elif not rows:
         log("no models installed; try `sovcli pull smollm2-135m`")
-        return
-    headers = ["MODEL", "SIZE", "QUANT", "ARCH", "PARAMS", "SOURCE", "INSTALLED"]
-    steps = (
-        ("drop", "INSTALLED"),
-        ("cut", "SOURCE"),
-        ("drop", "SOURCE"),
-        ("drop", "PARAMS"),
-        ("drop", "ARCH"),
-    )
-    _print_table(headers, _model_rows(rows), steps)
+    else:
+        headers = ["MODEL", "SIZE", "QUANT", "ARCH", "PARAMS", "SOURCE", "INSTALLED"]
+        steps = (
+            ("drop", "INSTALLED"),
+            ("cut", "SOURCE"),
+            ("drop", "SOURCE"),
+            ("drop", "PARAMS"),
+            ("drop", "ARCH"),
+        )
+        _print_table(headers, _model_rows(rows), steps)
+    for b in broken:
+        log(f"{b.ref} is broken ({b.reason}); remove it: `sovcli rm {b.ref}`")
 
 
 def show_command(
@@ -259,6 +296,7 @@ def show_command(
     from sovcli.resolve import require_installed
     from sovcli.store.report import show_report
 
+    sweep_store()
     report = show_report(require_installed(model))
     if json_output:
         print_json(report)
@@ -283,15 +321,15 @@ def rm_command(model: ModelArgument, yes: YesOption = False) -> None:
     """
     from sovcli.cli.output import log
     from sovcli.errors import UsageError
-    from sovcli.resolve import require_installed
     from sovcli.store.registry import remove
 
-    found = require_installed(model)
-    if found.tag == "local" and not found.manifest.get("files"):
+    sweep_store()
+    found = _installed_or_broken(model)
+    manifest = getattr(found, "manifest", {})
+    if getattr(found, "tag", None) == "local" and not manifest.get("files"):
         raise UsageError(f"{model} is a file outside the store; sovcli does not delete it")
-    if not yes and not _confirm(
-        f"Remove {found.ref} ({_human(found.manifest.get('total_size'))})?"
-    ):
+    what = f"({_human(manifest.get('total_size'))})" if manifest else "(broken)"
+    if not yes and not _confirm(f"Remove {found.ref} {what}?"):
         log(f"nothing removed; {found.ref} is still installed")
         raise typer.Exit(1)
     remove(found.name, found.tag)
@@ -329,6 +367,7 @@ def import_command(
     from sovcli.sources.local import import_gguf
     from sovcli.store.report import model_row
 
+    sweep_store()
     with make_progress(quiet) as progress:
         model = import_gguf(path, name=name, tag=tag, progress=progress)
     if json_output:
@@ -343,7 +382,8 @@ def verify_command(
 ) -> None:
     """Re-hash installed models against their manifests; exit non-zero on any problem.
 
-    A .gguf outside the store has no manifest: only its GGUF structure is checked.
+    A model whose manifest is missing or unreadable fails. A .gguf outside the store has
+    no manifest: only its GGUF structure is checked.
 
     \b
     Examples:
@@ -352,13 +392,15 @@ def verify_command(
     """
     from sovcli.cli.output import print_json
     from sovcli.cli.progress import make_progress
-    from sovcli.resolve import require_installed
-    from sovcli.store.registry import list_installed
-    from sovcli.store.verify import raise_on_failures, verify_models
+    from sovcli.store.registry import BrokenModel, scan_store
+    from sovcli.store.verify import broken_report, raise_on_failures, verify_models
 
-    models = [require_installed(model)] if model else list_installed()
+    sweep_store()
+    installed, broken = scan_store() if model is None else ([_installed_or_broken(model)], [])
+    broken += [m for m in installed if isinstance(m, BrokenModel)]
+    models = [m for m in installed if not isinstance(m, BrokenModel)]
     with make_progress(quiet) as progress:
-        reports = verify_models(models, progress)
+        reports = verify_models(models, progress) + [broken_report(b) for b in broken]
     if json_output:
         print_json(reports)
     else:
@@ -389,6 +431,7 @@ def export_command(
     from sovcli.resolve import require_installed
     from sovcli.sources.bundle import export_bundle
 
+    sweep_store()
     found = require_installed(model)
     with make_progress(quiet) as progress:
         summary = export_bundle(found, output, progress=progress)

@@ -51,10 +51,12 @@ def pull_command(
       sovcli pull ./SmolLM2-135M-Instruct.Q4_1.gguf
       sovcli pull ./smollm2-135m-Q4_1.tar
     """
+    from sovcli.cli.models import sweep_store
     from sovcli.cli.output import log, print_json
     from sovcli.cli.progress import make_progress
     from sovcli.resolve import FetchOptions, pull
 
+    sweep_store()
     with make_progress(quiet) as progress:
         options = FetchOptions(
             revision=revision,

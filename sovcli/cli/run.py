@@ -27,6 +27,7 @@ from sovcli.cli.options import (
     VerboseOption,
 )
 from sovcli.errors import SovcliError, UsageError
+from sovcli.settings import debug_enabled
 
 if TYPE_CHECKING:
     from sovcli.engine.chat_session import ChatSession
@@ -88,10 +89,116 @@ def _note(message: str) -> None:
     log(message)
 
 
+# Leading bytes of files people pipe by mistake -> what to call them.
+BINARY_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "a PDF"),
+    (b"PK\x03\x04", "a ZIP archive (DOCX, XLSX, ODT, ...)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office document (DOC, XLS, MSG)"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"GGUF\x03\x00\x00\x00", "a GGUF model file"),
+    (b"GGUF\x02\x00\x00\x00", "a GGUF model file"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x7fELF", "a program"),
+)
+TEXT_BOMS: tuple[tuple[bytes, str], ...] = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+NOT_TEXT_HINT = (
+    "Pipe plain text (UTF-8). Extract a document's text first (e.g. pdftotext FILE.pdf -), "
+    "or let `sovcli batch` read .pdf .docx .html .eml files from a folder."
+)
+
+
+def decode_prompt(data: bytes, source: str, hint: str | None = None) -> str:
+    """Bytes of a prompt (stdin or an argument) as text, or UsageError (exit 2).
+
+    UTF-8 only (a UTF-8 or UTF-16 byte-order mark is honoured): binary input (a PDF, an
+    image, any NUL byte) and bytes that are not UTF-8 (e.g. Latin-1) are refused with what
+    was found and where, never guessed or replaced.
+    """
+    for magic, kind in BINARY_SIGNATURES:
+        if data.startswith(magic):
+            raise UsageError(f"{source} is not text (looks like {kind})", hint=NOT_TEXT_HINT)
+    for bom, encoding in TEXT_BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise UsageError(
+                    f"{source} starts with a {encoding.upper()} byte-order mark but is not "
+                    f"{encoding.upper()} (byte {exc.start + len(bom)})",
+                    hint=NOT_TEXT_HINT,
+                ) from None
+    if b"\x00" in data:
+        raise UsageError(
+            f"{source} is not text (it holds NUL bytes, at byte {data.index(0)})",
+            hint=NOT_TEXT_HINT,
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(
+            f"{source} is not UTF-8: byte 0x{data[exc.start]:02X} at offset {exc.start} "
+            f"(line {line})",
+            hint=hint
+            or "Convert it first, e.g. iconv -f LATIN1 -t UTF-8 FILE | sovcli run MODEL "
+            "(use the file's real encoding: CP1252, ISO-8859-2, SHIFT_JIS, ...).",
+        ) from None
+
+
+ARGUMENT_HINT = (
+    "The shell passed bytes that are not UTF-8: use a UTF-8 locale (e.g. LANG=C.UTF-8) or "
+    "pipe the text through iconv to UTF-8."
+)
+
+
+def _check_options(system: str | None, stop: list[str] | None = None) -> None:
+    """Refuse a --system or --stop text that is not valid Unicode before loading the model."""
+    from sovcli.engine.chat_session import check_text
+
+    if system is not None:
+        check_text(system, "--system")
+    for value in stop or []:
+        check_text(value, "--stop")
+
+
+def _argument_text(prompt: str) -> str:
+    """A PROMPT argument as text: bytes that were not UTF-8 are refused like stdin's."""
+    from sovcli.engine.chat_session import check_text
+
+    try:
+        raw = prompt.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return check_text(prompt, "the prompt")  # a lone surrogate: refused with its position
+    return decode_prompt(raw, "the prompt argument", ARGUMENT_HINT)
+
+
+MAX_STDIN_BYTES = 32 * 1024 * 1024  # far beyond any context window; bounds memory
+
+
+def _read_stdin() -> bytes:
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise UsageError(
+            f"stdin holds more than {MAX_STDIN_BYTES // (1024 * 1024)} MB",
+            hint="A prompt must fit the context window; for many documents use `sovcli batch`.",
+        )
+    return data
+
+
 def _read_prompt(prompt: str | None) -> str | None:
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        return sys.stdin.read()
-    return prompt
+        return decode_prompt(_read_stdin(), "stdin")
+    if prompt is None:
+        return None
+    return _argument_text(prompt)
 
 
 def _complete(
@@ -144,6 +251,7 @@ def run_command(
 
       sovcli run ./model.gguf "Once upon a time" --seed 42 --stop "."
     """
+    _check_options(system, stop)
     text = _read_prompt(prompt)
     sampling = _sampling(temperature, top_p, top_k, min_p, seed, repeat_penalty)
     if text is None:  # a terminal and no prompt: chat
@@ -200,6 +308,7 @@ def chat_command(
 
       sovcli chat smollm2-135m --system "You answer in one sentence."
     """
+    _check_options(system)
     sampling = _sampling(temperature, top_p, top_k, min_p, seed, repeat_penalty)
     _chat(model, ctx, threads, verbose, sampling, max_tokens, system)
 
@@ -271,8 +380,11 @@ def chat_loop(session: ChatSession, interactive: bool) -> None:
     Not interactive (stdin is a pipe or a file): no greeting and no ">>> " or "... " prompts,
     so stdout holds only the replies and command output.
     """
+    from sovcli.engine.chat_session import is_user_interrupt
+
     with contextlib.suppress(ImportError):  # line editing and in-memory history for input()
         import readline  # noqa: F401
+    _tolerant_stdin()
     prompt, more = (">>> ", "... ") if interactive else ("", "")
     if interactive:
         _note(f"Chatting with {session.model_name}. /help for commands, Ctrl-D to quit.")
@@ -283,7 +395,9 @@ def chat_loop(session: ChatSession, interactive: bool) -> None:
             if interactive:
                 _write("\n")
             return
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if not is_user_interrupt(exc):
+                raise  # SIGTERM/SIGHUP: leave
             _write("\n")
             _note("(Ctrl-D or /exit quits)")
             continue
@@ -294,8 +408,29 @@ def chat_loop(session: ChatSession, interactive: bool) -> None:
                 return
         except SovcliError as exc:
             _report(exc)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if not is_user_interrupt(exc):
+                raise
             _write("\n")
+        except Exception as exc:  # a bug must not cost the user the conversation
+            if debug_enabled():
+                raise
+            _report(SovcliError(f"internal error: {type(exc).__name__}: {exc}", hint=BUG_HINT))
+
+
+BUG_HINT = "The conversation is kept (/save it); rerun with SOVCLI_DEBUG=1 and report it."
+
+
+def _tolerant_stdin() -> None:
+    """Read stdin lines with bytes that are not UTF-8 kept as surrogate escapes.
+
+    A strict decoder would end the chat on the first Latin-1 line; this way the line reaches
+    `ChatSession.reply`, which refuses it with a clear error and the chat goes on.
+    """
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="surrogateescape")
 
 
 COMMANDS = {"run": run_command, "chat": chat_command}

@@ -22,6 +22,10 @@ ModelsArgument = Annotated[
         help="Models to serve: alias, name:tag, hf:org/repo or a .gguf path.", show_default=False
     ),
 ]
+ParallelOption = Annotated[
+    int, typer.Option("--parallel", "-np", help="Sequences decoded together per model.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No per-request log lines.")]
 PromptCacheOption = Annotated[
     int,
     typer.Option(
@@ -44,6 +48,38 @@ AuditLogOption = Annotated[
 AuditContentOption = Annotated[
     bool,
     typer.Option("--audit-content", help="Also write prompts and completions to the audit log."),
+]
+AuditBestEffortOption = Annotated[
+    bool,
+    typer.Option(
+        "--audit-best-effort",
+        help="Keep serving when the audit log cannot be written (default: refuse with 503).",
+    ),
+]
+TrustedProxyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trusted-proxy",
+        metavar="CIDR",
+        help="Believe X-Forwarded-For / Forwarded / X-Real-IP from this proxy (repeatable).",
+    ),
+]
+HeaderTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--header-timeout",
+        min=0.1,
+        metavar="SECONDS",
+        help="Time a client has to send a request's headers (then 408 and closed).",
+    ),
+]
+MaxConnectionsOption = Annotated[
+    int,
+    typer.Option(
+        "--max-connections",
+        min=1,
+        help="Open connections at most (idle and slow ones are closed first).",
+    ),
 ]
 CorsOption = Annotated[
     list[str] | None,
@@ -70,9 +106,7 @@ def serve_command(
     models: ModelsArgument,
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port (0: any free port).")] = 8080,
-    parallel: Annotated[
-        int, typer.Option("--parallel", "-np", help="Sequences decoded together per model.")
-    ] = 4,
+    parallel: ParallelOption = 4,
     ctx: CtxOption = None,
     threads: ThreadsOption = None,
     prompt_cache: PromptCacheOption = 256,
@@ -80,11 +114,15 @@ def serve_command(
     no_auth: NoAuthOption = False,
     audit_log: AuditLogOption = None,
     audit_content: AuditContentOption = False,
+    audit_best_effort: AuditBestEffortOption = False,
+    trusted_proxies: TrustedProxyOption = None,
     cors_origins: CorsOption = None,
     max_tokens: MaxTokensOption = 4096,
     max_body_kib: MaxBodyOption = 4096,
     queue: QueueOption = 64,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-request log lines.")] = False,
+    header_timeout: HeaderTimeoutOption = 10.0,
+    max_connections: MaxConnectionsOption = 512,
+    quiet: QuietOption = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (many clients at once).
 
@@ -102,7 +140,7 @@ def serve_command(
 
     \b
     Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health,
-    /metrics (Prometheus).
+    /metrics (Prometheus). Limits and the audit log: docs/serve.md.
     """
     from sovcli.server.auth import key_file_is_shared, load_api_keys
     from sovcli.server.gate import log_line as log
@@ -112,12 +150,14 @@ def serve_command(
     keys = load_api_keys(api_key_file)
     if api_key_file is not None and key_file_is_shared(api_key_file):
         log(f"warning: {api_key_file} is readable by other users (chmod 600 it)")
+    limits = Limits(max_body_bytes=max_body_kib * 1024, max_tokens=max_tokens, max_queue=queue,
+                    header_timeout_s=header_timeout, max_connections=max_connections)  # fmt: skip
     settings = ServerSettings(
         models=_resolve_models(models), host=host, port=port, parallel=parallel, ctx=ctx,
         threads=threads, prompt_cache_mib=prompt_cache, api_keys=keys, no_auth=no_auth,
-        audit_log=audit_log, audit_content=audit_content, cors_origins=tuple(cors_origins or ()),
-        limits=Limits(max_body_bytes=max_body_kib * 1024, max_tokens=max_tokens, max_queue=queue),
-        log_requests=not quiet,
+        audit_log=audit_log, audit_content=audit_content, audit_best_effort=audit_best_effort,
+        trusted_proxies=tuple(trusted_proxies or ()), cors_origins=tuple(cors_origins or ()),
+        limits=limits, log_requests=not quiet,
     )  # fmt: skip
     settings.validate()
     serve(settings, on_listening=functools.partial(_announce, settings))

@@ -9,4 +9,4 @@ optional `progress` (`sovcli.progress.Progress`); nothing here prints.
 from __future__ import annotations
 
 # Bump when the converter's output for the same input changes (tensor layout, metadata).
-CONVERTER_SCHEMA_VERSION = 1
+CONVERTER_SCHEMA_VERSION = 2  # 2: penalty_repeat, min_p, add_bos/add_eos from templates, swa base

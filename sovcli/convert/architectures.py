@@ -83,6 +83,18 @@ def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def sliding_rope_theta(config: dict[str, Any]) -> float | None:
+    """Rope base of the sliding-window layers: `rope_local_base_freq` (transformers 4) or
+    `rope_parameters.sliding_attention.rope_theta` (transformers 5), else None."""
+    if config.get("rope_local_base_freq"):
+        return float(config["rope_local_base_freq"])
+    params = config.get("rope_parameters")
+    sliding = params.get("sliding_attention") if isinstance(params, dict) else None
+    if isinstance(sliding, dict) and isinstance(sliding.get("rope_theta"), (int, float)):
+        return float(sliding["rope_theta"])
+    return None
+
+
 def head_dim(config: dict[str, Any]) -> int:
     """Per-head dimension: explicit `head_dim` or hidden_size / num_attention_heads."""
     explicit = config.get("head_dim")
@@ -98,6 +110,13 @@ def _require(config: dict[str, Any], *keys: str) -> None:
             f"config.json lacks {', '.join(missing)}",
             hint="The checkpoint's config.json looks incomplete; fetch it again.",
         )
+
+
+def _whole(config: dict[str, Any], key: str) -> int:
+    value = config[key]
+    if type(value) is not int:
+        raise ConversionError(f"config.json's {key} is {value!r}, not a whole number")
+    return value
 
 
 def write_hparams(writer: Any, spec: ArchSpec, config: dict[str, Any]) -> None:
@@ -153,8 +172,9 @@ def write_hparams(writer: Any, spec: ArchSpec, config: dict[str, Any]) -> None:
             writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
         if config.get("sliding_window_pattern") != 1 and config.get("sliding_window"):
             writer.add_sliding_window(int(config["sliding_window"]))
-        if config.get("rope_local_base_freq"):
-            writer.add_rope_freq_base_swa(float(config["rope_local_base_freq"]))
+        swa_base = sliding_rope_theta(config)
+        if swa_base:
+            writer.add_rope_freq_base_swa(swa_base)
     elif spec.gguf_arch == "phi3":
         rot_pct = float(rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
         writer.add_rope_dimension_count(int(rot_pct * int(config["hidden_size"])) // n_head)
@@ -245,7 +265,9 @@ def plan_tensors(checkpoint: Checkpoint, spec: ArchSpec) -> list[PlannedTensor]:
     import numpy as np
 
     config = checkpoint.config
-    n_layers = int(config["num_hidden_layers"])
+    _require(config, "num_hidden_layers", "num_attention_heads")
+    n_layers = _whole(config, "num_hidden_layers")
+    check_layer_count(n_layers, "config.json")
     n_head = int(config["num_attention_heads"])
     n_head_kv = int(config.get("num_key_value_heads") or n_head)
     arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == spec.gguf_arch)
@@ -333,4 +355,102 @@ def plan_tensors(checkpoint: Checkpoint, spec: ArchSpec) -> list[PlannedTensor]:
             "the checkpoint has no lm_head.weight and does not tie its embeddings",
             hint="The checkpoint looks incomplete; check that every shard is present.",
         )
+    check_tensor_set(names, spec.gguf_arch, n_layers, f"the checkpoint ({spec.family})")
     return planned
+
+
+# ----------------------------------------------------------------------------- completeness
+
+_ATTENTION = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")
+_DENSE_FFN = ("ffn_gate", "ffn_up", "ffn_down")
+_MOE_FFN = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+REQUIRED_BLOCK_TENSORS: dict[str, tuple[str, ...]] = {
+    "llama": (*_ATTENTION, "ffn_norm"),
+    "qwen2": (*_ATTENTION, "ffn_norm"),
+    "qwen3": (*_ATTENTION, "attn_q_norm", "attn_k_norm", "ffn_norm"),
+    "gemma2": (*_ATTENTION, "post_attention_norm", "ffn_norm", "post_ffw_norm"),
+    "gemma3": (
+        *_ATTENTION,
+        "attn_q_norm",
+        "attn_k_norm",
+        "post_attention_norm",
+        "ffn_norm",
+        "post_ffw_norm",
+    ),
+    "phi3": ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"),
+}
+"""Weights every block needs, per llama.cpp architecture (the FFN is added: dense or MoE)."""
+
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def tensor_set_problems(
+    names: set[str], gguf_arch: str, n_layers: int
+) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) GGUF tensor names for a model llama.cpp must be able to load.
+
+    Only for the architectures in REQUIRED_BLOCK_TENSORS, whose layers are all alike (hybrid
+    and interleaved models of other architectures differ from layer to layer: not judged).
+    Missing: the global tensors and per-block weights the architecture needs, and any kind of
+    block tensor that some blocks have and others lack (a lost shard leaves such holes).
+    Unexpected: tensors of blocks beyond `n_layers` (llama.cpp refuses a tensor count that
+    does not match). `output.weight` is never required: without it llama.cpp uses the
+    token embedding (tied embeddings).
+    """
+    if gguf_arch not in REQUIRED_BLOCK_TENSORS:
+        return [], []
+    kinds: set[str] = set()
+    unexpected: list[str] = []
+    for name in names:
+        match = _BLOCK_RE.match(name)
+        if match:
+            kinds.add(match[2])
+            if int(match[1]) >= n_layers:
+                unexpected.append(name)
+    required = ["token_embd.weight", "output_norm.weight"]
+    block = [f"{kind}.weight" for kind in REQUIRED_BLOCK_TENSORS[gguf_arch]]
+    if gguf_arch != "phi3":
+        moe = any(kind.startswith("ffn_gate_exps") for kind in kinds)
+        block += [f"{kind}.weight" for kind in (_MOE_FFN if moe else _DENSE_FFN)]
+    kinds.update(block)
+    for layer in range(n_layers):
+        required += [f"blk.{layer}.{kind}" for kind in sorted(kinds)]
+    missing = [name for name in required if name not in names]
+    return missing, sorted(unexpected, key=_natural)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def check_layer_count(n_layers: int, what: str) -> None:
+    """Refuse a layer count llama.cpp cannot load (a damaged or hostile config)."""
+    if not 0 < n_layers <= MAX_LAYERS:
+        raise ConversionError(
+            f"{what} declares {n_layers} layers; llama.cpp loads 1 to {MAX_LAYERS}",
+            hint="The metadata is damaged or was not written for llama.cpp.",
+        )
+
+
+def check_tensor_set(names: set[str], gguf_arch: str, n_layers: int, what: str) -> None:
+    """Raise ConversionError naming the tensors `what` lacks (or has too many of) for
+    llama.cpp to load it as `gguf_arch` with `n_layers` blocks."""
+    check_layer_count(n_layers, what)
+    missing, unexpected = tensor_set_problems(names, gguf_arch, n_layers)
+    if missing:
+        raise ConversionError(
+            f"{what} lacks {len(missing)} tensor(s) llama.cpp needs: {_names(missing)}",
+            hint="A shard is missing or the index is stale: copy or download the complete "
+            "checkpoint (every shard listed in model.safetensors.index.json).",
+        )
+    if unexpected:
+        raise ConversionError(
+            f"{what} has tensors for more than its {n_layers} layers: {_names(unexpected)}",
+            hint="config.json's num_hidden_layers does not match the weights.",
+        )
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    listed = ", ".join(names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")

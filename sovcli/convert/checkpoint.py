@@ -9,6 +9,7 @@ a plain `readinto` so that only the tensor being converted is in memory.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,16 +116,17 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConversionError(f"{path.name} has a corrupt safetensors header") from exc
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path.name} has a corrupt safetensors header")
     data_start = 8 + header_len
     refs: dict[str, TensorRef] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = info.get("dtype")
+        dtype = info.get("dtype") if isinstance(info, dict) else None
         if dtype not in _ST_DTYPES:
             raise ConversionError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
-        begin, end = info["data_offsets"]
-        shape = tuple(int(d) for d in info["shape"])
+        begin, end, shape = _layout(path, name, info)
         ref = TensorRef(name, path, dtype, shape, data_start + begin, data_start + end)
         if ref.end > file_size or ref.nbytes != ref.n_elements * _ST_DTYPES[dtype][1]:
             raise ConversionError(
@@ -135,27 +137,108 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     return refs
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        data = read_json(index) or {}
-        weight_map = data.get("weight_map") or {}
+INDEX_NAME = "model.safetensors.index.json"
+_SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})\.safetensors$")
+_SHOWN = 5  # names listed in an error message before "..."
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _read_index(folder: Path) -> dict[str, str] | None:
+    """The index's weight map (tensor name -> shard file), or None without an index."""
+    index = folder / INDEX_NAME
+    if not index.is_file():
+        return None
+    weight_map = (read_json(index) or {}).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ConversionError(f"{INDEX_NAME} has no valid weight_map")
+    bad = [v for v in weight_map.values() if Path(v).name != v or v in (".", "..")]
+    if bad:
+        raise ConversionError(f"{INDEX_NAME} names a shard outside the folder: {bad[0]!r}")
+    return weight_map
+
+
+def _layout(path: Path, name: str, info: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
+    """(begin, end, shape) of one header entry, checked to be non-negative whole numbers."""
+    offsets, shape = info.get("data_offsets"), info.get("shape")
+    if (
+        not isinstance(offsets, list)
+        or not isinstance(shape, list)
+        or len(offsets) != 2
+        or not all(type(n) is int and n >= 0 for n in [*offsets, *shape])
+        or offsets[0] > offsets[1]
+    ):
+        raise ConversionError(f"{path.name}: tensor {name} has a corrupt header entry")
+    return offsets[0], offsets[1], tuple(shape)
+
+
+def _weight_files(folder: Path, weight_map: dict[str, str] | None) -> list[Path]:
+    if weight_map is not None:
         names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise ConversionError(
-                f"shard {missing[0]} named in model.safetensors.index.json is missing",
+                f"shard {missing[0]} named in {INDEX_NAME} is missing",
                 hint="Download every shard listed in the index.",
             )
         return [folder / n for n in names]
     files = sorted(folder.glob("*.safetensors"))
     # Consolidated Mistral files duplicate the HF ones; prefer the HF layout.
     hf_files = [f for f in files if not f.name.startswith("consolidated")]
-    return hf_files or files
+    files = hf_files or files
+    _check_shard_series(files)
+    return files
+
+
+def _check_shard_series(files: list[Path]) -> None:
+    """Without an index, `model-00001-of-00003.safetensors` names must form a full series."""
+    series: dict[tuple[str, int], set[int]] = {}
+    for file in files:
+        match = _SHARD_RE.match(file.name)
+        if match:
+            key = (match["stem"], int(match["total"]))
+            series.setdefault(key, set()).add(int(match["part"]))
+    for (stem, total), parts in sorted(series.items()):
+        absent = [f"{stem}-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
+        absent = [name for i, name in enumerate(absent, 1) if i not in parts]
+        if absent:
+            raise ConversionError(
+                f"{len(absent)} of {total} shards are missing: {_listing(absent)}",
+                hint=f"Copy every shard (and {INDEX_NAME}) of the checkpoint.",
+            )
+
+
+def _check_index(weight_map: dict[str, str], tensors: dict[str, TensorRef]) -> None:
+    """Refuse a stale index: every tensor it lists must be in its shard, and no others."""
+    missing = sorted(name for name in weight_map if name not in tensors)
+    if missing:
+        files = sorted({weight_map[name] for name in missing})
+        raise ConversionError(
+            f"{len(missing)} tensor(s) listed in {INDEX_NAME} are not in their shard: "
+            f"{_listing(missing)} (expected in {_listing(files)})",
+            hint="The index is stale or a shard is an older or partial copy; download the "
+            "checkpoint again.",
+        )
+    extra = sorted(name for name in tensors if name not in weight_map)
+    if extra:
+        raise ConversionError(
+            f"{len(extra)} tensor(s) in the shards are not listed in {INDEX_NAME}: "
+            f"{_listing(extra)}",
+            hint="The index does not belong to these shards; download the checkpoint again.",
+        )
 
 
 def open_checkpoint(folder: Path) -> Checkpoint:
-    """Index a checkpoint folder: config.json plus every safetensors tensor header."""
+    """Index a checkpoint folder: config.json plus every safetensors tensor header.
+
+    A sharded checkpoint must be complete: its index must match the shards' tensors, and
+    without an index a `-0000k-of-0000n` series must have every part.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelNotFoundError(
@@ -163,7 +246,8 @@ def open_checkpoint(folder: Path) -> Checkpoint:
             hint="Pass the folder of a Hugging Face checkpoint (config.json + *.safetensors).",
         )
     config = read_json(folder / "config.json") or {}
-    files = _weight_files(folder)
+    weight_map = _read_index(folder)
+    files = _weight_files(folder, weight_map)
     if not files:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pth")):
             raise ConversionError(
@@ -181,6 +265,8 @@ def open_checkpoint(folder: Path) -> Checkpoint:
             if name in ckpt.tensors:
                 raise ConversionError(f"tensor {name} appears in two shards")
             ckpt.tensors[name] = ref
+    if weight_map is not None:
+        _check_index(weight_map, ckpt.tensors)
     return ckpt
 
 

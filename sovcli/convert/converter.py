@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from sovcli.errors import ConversionError, DiskFullError, UsageError
-from sovcli.fsutil import atomic_output
+from sovcli.fsutil import atomic_path
 from sovcli.progress import NULL_PROGRESS, Progress
 
 from . import CONVERTER_SCHEMA_VERSION
 from .architectures import PlannedTensor, plan_tensors, spec_for, write_hparams
 from .checkpoint import Checkpoint, open_checkpoint, read_tensor, to_float32
 from .metadata import write_general, write_sampling_defaults
-from .quantize import make_readable
 from .tokenizer import load_vocab
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -193,8 +192,8 @@ def convert_checkpoint(
 
     output = Path(output)
     _check_free_space(output, total_bytes)
-    with atomic_output(output) as (tmp_path, _fh):
-        make_readable(tmp_path)
+    # GGUFWriter opens the file itself: atomic_path fsyncs what it wrote before the rename.
+    with atomic_path(output) as tmp_path:
         writer = gguf.GGUFWriter(tmp_path, spec.gguf_arch)
         try:
             general = write_general(writer, ckpt.path, config, source_repo=source_repo)

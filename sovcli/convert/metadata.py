@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,20 +154,48 @@ def write_general(
     }
 
 
+def _number(value: Any) -> float | None:
+    """A finite int/float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def write_sampling_defaults(
     writer: Any, generation_config: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Carry generation_config.json's sampling defaults into general.sampling.*."""
+    """Carry generation_config.json's sampling defaults into general.sampling.*.
+
+    `repetition_penalty` (HF's name; `penalty_repeat` is accepted too) becomes
+    `general.sampling.penalty_repeat` whatever `do_sample` says: transformers applies it to
+    greedy decoding as well. temperature, top_p, top_k and min_p only matter when sampling,
+    so they are written only when `do_sample` is not false.
+    """
     written: dict[str, Any] = {}
-    if not generation_config or not generation_config.get("do_sample", True):
+    if not isinstance(generation_config, dict):
         return written
-    if isinstance(generation_config.get("temperature"), (int, float)):
-        writer.add_sampling_temp(float(generation_config["temperature"]))
-        written["temperature"] = float(generation_config["temperature"])
-    if isinstance(generation_config.get("top_p"), (int, float)):
-        writer.add_sampling_top_p(float(generation_config["top_p"]))
-        written["top_p"] = float(generation_config["top_p"])
-    if isinstance(generation_config.get("top_k"), int):
-        writer.add_sampling_top_k(int(generation_config["top_k"]))
-        written["top_k"] = int(generation_config["top_k"])
+    penalty = _number(
+        generation_config.get("repetition_penalty", generation_config.get("penalty_repeat"))
+    )
+    if penalty is not None and penalty > 0:
+        writer.add_sampling_penalty_repeat(penalty)
+        written["penalty_repeat"] = penalty
+    if not generation_config.get("do_sample", True):
+        return written
+    temperature = _number(generation_config.get("temperature"))
+    if temperature is not None and temperature >= 0:
+        writer.add_sampling_temp(temperature)
+        written["temperature"] = temperature
+    top_p = _number(generation_config.get("top_p"))
+    if top_p is not None and 0 < top_p <= 1:
+        writer.add_sampling_top_p(top_p)
+        written["top_p"] = top_p
+    top_k = generation_config.get("top_k")
+    if type(top_k) is int and top_k >= 0:
+        writer.add_sampling_top_k(top_k)
+        written["top_k"] = top_k
+    min_p = _number(generation_config.get("min_p"))
+    if min_p is not None and 0 <= min_p <= 1:
+        writer.add_sampling_min_p(min_p)
+        written["min_p"] = min_p
     return written

@@ -18,7 +18,7 @@ from typing import Any
 
 from sovcli import llamacpp, system
 from sovcli.errors import ConversionError, ModelNotFoundError, UsageError
-from sovcli.fsutil import atomic_output
+from sovcli.fsutil import atomic_path
 from sovcli.progress import NULL_PROGRESS, Progress, ProgressTask
 from sovcli.store.hashing import sha256_file
 
@@ -70,15 +70,6 @@ def default_output(input_path: Path, type_name: str) -> Path:
     stem = input_path.stem
     stem = re.sub(r"[-.](f16|bf16|f32|F16|BF16|F32)$", "", stem)
     return input_path.with_name(f"{stem}-{type_name}.gguf")
-
-
-def make_readable(path: Path) -> None:
-    """Give a temp output file the usual permissions (mkstemp creates it 0600)."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o644 & ~umask)
 
 
 def llama_cpp_label() -> str:
@@ -227,6 +218,62 @@ class QuantizeResult:
         }
 
 
+def _quantize_in_thread(llama_cpp: Any, source: Path, target: Path, params: Any) -> int:
+    """Run llama_model_quantize in a daemon thread and wait for it.
+
+    A signal handler only runs in the main thread between Python steps, so a direct ctypes
+    call would hold Ctrl-C and SIGTERM until the whole quantization ended. Waiting on a
+    thread is interruptible: the KeyboardInterrupt unwinds at once (the caller's atomic_path
+    removes the temp folder) and the abandoned worker ends with the process.
+    """
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append(
+                llama_cpp.llama_model_quantize(
+                    str(source).encode(), str(target).encode(), ctypes.byref(params)
+                )
+            )
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name="sovcli-quantize", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        # Short waits: a signal delivered to the worker thread does not wake a blocked join,
+        # so the main thread must come back to run its handler.
+        worker.join(timeout=0.1)
+    if not outcome:
+        raise ConversionError("the quantizer thread ended without a result")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return int(outcome[0])
+
+
+def check_tensors(path: Path) -> None:
+    """Refuse a GGUF that lacks tensors its architecture needs, before llama.cpp reads it.
+
+    llama.cpp's quantizer copies whatever tensors a file holds, so an incomplete conversion
+    would come out "quantized" and fail only when loaded.
+    """
+    from sovcli.errors import IntegrityError
+    from sovcli.store.ggufmeta import tensor_layout
+
+    from .architectures import check_tensor_set
+
+    again = "Convert the checkpoint again: sovcli convert HF_DIR -o model-f16.gguf"
+    try:
+        arch, blocks, names = tensor_layout(path)
+    except IntegrityError as exc:
+        raise ConversionError(f"{path.name} is not a readable GGUF ({exc})", hint=again) from None
+    if arch is None or blocks is None:
+        raise ConversionError(
+            f"{path.name} does not name its architecture and block count", hint=again
+        )
+    check_tensor_set(set(names), arch, blocks, path.name)
+
+
 def _check_input(path: Path) -> None:
     if not path.is_file():
         raise ModelNotFoundError(
@@ -273,6 +320,7 @@ def quantize_gguf(
     output_path = Path(output_path) if output_path else default_output(input_path, type_name)
     if output_path.resolve() == input_path.resolve():
         raise UsageError("the output would overwrite the input", hint="Pass a different -o path.")
+    check_tensors(input_path)
     n_threads = threads if threads and threads > 0 else system.physical_cores()
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -299,12 +347,11 @@ def quantize_gguf(
 
     capture = _LogCapture(progress or NULL_PROGRESS, f"quantize {type_name}")
     started = time.monotonic()
-    with atomic_output(output_path) as (tmp_path, _fh):
-        make_readable(tmp_path)
+    # llama.cpp writes the file itself: atomic_path fsyncs it by path before the rename, and
+    # on Ctrl-C/SIGTERM removes its private folder (the abandoned writer cannot re-create it).
+    with atomic_path(output_path) as tmp_path:
         with _log_lock, llamacpp.capture_log(capture.feed):
-            rc = llama_cpp.llama_model_quantize(
-                str(input_path).encode(), str(tmp_path).encode(), ctypes.byref(params)
-            )
+            rc = _quantize_in_thread(llama_cpp, input_path, tmp_path, params)
         if rc != 0:
             reason = capture.errors[-1] if capture.errors else f"llama_model_quantize returned {rc}"
             hint = None

@@ -98,11 +98,67 @@ class Vocab:
         logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
         # Without an explicit add_bos_token, llama.cpp picks the default of the pre-tokenizer.
         special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=len(self.tokens))
+        special.add_special_token.update(add_special_flags(folder, special.special_token_ids))
         special.add_to_gguf(writer, quiet=True)
 
 
+def add_special_flags(folder: Path, token_ids: dict[str, int]) -> dict[str, bool]:
+    """Whether the tokenizer adds BOS / EOS to a text ({"bos": True, ...}), as its files say.
+
+    tokenizer_config.json's `add_bos_token` / `add_eos_token` win (transformers applies them
+    to the post-processor). Otherwise tokenizer.json's post-processor decides: a
+    TemplateProcessing (alone or in a Sequence) decides as in gguf-py's SpecialVocab, but by
+    token id: a single-text template of several items adds BOS when it starts with the BOS
+    token, and one ending in a special token adds EOS when that token is EOS. (SpecialVocab
+    compares names and says "no BOS" when tokenizer_config.json names no bos_token.) Only
+    what the files state is returned.
+    """
+    flags = _template_flags(folder, token_ids)
+    config = _tokenizer_config(folder)
+    for kind in ("bos", "eos"):
+        if isinstance(config.get(f"add_{kind}_token"), bool):
+            flags[kind] = config[f"add_{kind}_token"]
+    return flags
+
+
+def _template_flags(folder: Path, token_ids: dict[str, int]) -> dict[str, bool]:
+    post = _json_object(Path(folder) / "tokenizer.json").get("post_processor")
+    if not isinstance(post, dict):
+        return {}
+    steps = post.get("processors") if post.get("type") == "Sequence" else [post]
+    flags: dict[str, bool] = {}
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, dict) or step.get("type") != "TemplateProcessing":
+            continue
+        single = step.get("single")
+        if not isinstance(single, list) or not single:
+            continue
+        specials = step.get("special_tokens")
+        specials = specials if isinstance(specials, dict) else {}
+        first, last = _special_id(single[0], specials), _special_id(single[-1], specials)
+        if len(single) > 1 and token_ids.get("bos") is not None:
+            flags["bos"] = first == token_ids["bos"]
+        if last is not None and token_ids.get("eos") is not None:
+            flags["eos"] = last == token_ids["eos"]
+    return flags
+
+
+def _special_id(item: Any, specials: dict[str, Any]) -> int | None:
+    """The token id of a template item that is a special token (None for the text)."""
+    token = item.get("SpecialToken") if isinstance(item, dict) else None
+    if not isinstance(token, dict):
+        return None
+    entry = specials.get(token.get("id"))
+    ids = entry.get("ids") if isinstance(entry, dict) else None
+    return ids[0] if isinstance(ids, list) and len(ids) == 1 and type(ids[0]) is int else None
+
+
 def _tokenizer_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "tokenizer_config.json"
+    return _json_object(Path(folder) / "tokenizer_config.json")
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's top-level object ({} when the file is absent or holds no object)."""
     if not path.is_file():
         return {}
     try:

@@ -110,6 +110,34 @@ def parse_setting(name: str, raw: str) -> Any:
     return check_setting(name, value)
 
 
+INVALID_TEXT_HINT = (
+    "Send UTF-8 text; convert a file first, e.g. iconv -f LATIN1 -t UTF-8 FILE (or the file's "
+    "real encoding)."
+)
+
+
+def check_text(text: str, what: str = "the message") -> str:
+    """`text` if it is valid Unicode the model can take, else UsageError naming the problem.
+
+    Bytes that were not UTF-8 reach Python as surrogate escapes (U+DC80..U+DCFF, e.g. from a
+    command-line argument) and a lone surrogate can come from a JSON `\\ud800` escape: the
+    tokenizer cannot encode either, so they are refused here with the position.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        if 0xDC80 <= ord(char) <= 0xDCFF:
+            problem = f"byte 0x{ord(char) - 0xDC00:02X} that is not UTF-8"
+        else:
+            problem = f"a lone surrogate U+{ord(char):04X}"
+        raise UsageError(
+            f"{what} is not valid text: {problem} at character {exc.start + 1}",
+            hint=INVALID_TEXT_HINT,
+        ) from None
+    return text
+
+
 def _kind_name(kind: type) -> str:
     return "a whole number" if kind is int else "a number"
 
@@ -127,17 +155,26 @@ def format_stats(result: GenerationResult) -> str:
     )
 
 
+def is_user_interrupt(exc: BaseException) -> bool:
+    """True for Ctrl-C itself; False for a KeyboardInterrupt subclass (the CLI raises one on
+    SIGTERM/SIGHUP), which must end the program, not just the current reply."""
+    return type(exc) is KeyboardInterrupt
+
+
 def stream_text(stream: Any, on_text: Callable[[str], None]) -> GenerationResult:
     """Hand a stream's text to `on_text` as it comes; Ctrl-C cancels it, then drains it.
 
-    Returns the stream's result (finish_reason "cancelled" after a Ctrl-C).
+    Returns the stream's result (finish_reason "cancelled" after a Ctrl-C). A termination
+    signal (a KeyboardInterrupt subclass) cancels the stream and is re-raised.
     """
     try:
         for event in stream:
             if event.text:
                 on_text(event.text)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         stream.cancel()
+        if not is_user_interrupt(exc):
+            raise
         for event in stream:  # drain to the final event (the engine ends it at the next step)
             if event.text:
                 on_text(event.text)
@@ -212,6 +249,7 @@ class ChatSession:
         from sovcli.engine.conversation import fit_messages
         from sovcli.engine.types import GenerationRequest
 
+        check_text(text)
         self.messages.append({"role": "user", "content": text})
         reserve = self.max_tokens or 256
         try:
@@ -260,7 +298,7 @@ class ChatSession:
     def _system(self, arg: str) -> CommandResult:
         if not arg:
             return CommandResult(output=self.system or "(no system prompt)")
-        self.system = arg
+        self.system = check_text(arg, "the system prompt")
         return CommandResult(note="system prompt set")
 
     def _clear(self, _arg: str) -> CommandResult:
@@ -274,7 +312,7 @@ class ChatSession:
         return {**values, "max_tokens": self.max_tokens}
 
     def _save(self, arg: str) -> CommandResult:
-        from sovcli.fsutil import atomic_write_text
+        from sovcli.fsutil import atomic_write_bytes
 
         if not arg:
             raise UsageError("/save needs a file name", hint="e.g. /save chat.json")
@@ -286,7 +324,10 @@ class ChatSession:
             "settings": self.settings(),
         }
         path = Path(arg).expanduser()
-        atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        # backslashreplace writes a stray surrogate as a JSON \\udXXX escape, never fails.
+        # A path that cannot be written is a StoreError: the chat reports it and goes on.
+        atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
         return CommandResult(note=f"saved {len(self.messages)} messages to {path}")
 
     def _load(self, arg: str) -> CommandResult:
@@ -301,10 +342,14 @@ class ChatSession:
             for k, v in (doc.get("settings") or {}).items()
             if k in SAMPLING_LIMITS and v is not None
         }
+        loaded = [{"role": m["role"], "content": str(m.get("content") or "")} for m in messages]
+        for i, message in enumerate(loaded, 1):
+            check_text(message["content"], f"message {i} in {path}")
+            check_text(message["role"], f"message {i} in {path}")
+        if isinstance(system, str):
+            check_text(system, f"the system prompt in {path}")
         self._apply_all(settings.items())  # all checked before anything changes
-        self.messages = [
-            {"role": m["role"], "content": str(m.get("content") or "")} for m in messages
-        ]
+        self.messages = loaded
         self.system = system if isinstance(system, str) and system else None
         return CommandResult(note=f"loaded {len(self.messages)} messages from {path}")
 

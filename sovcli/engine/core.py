@@ -260,8 +260,19 @@ class Engine:
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
-        """Token ids of `text` (BOS added when `add_special` and the model wants one)."""
-        data = text.encode("utf-8")
+        """Token ids of `text` (BOS added when `add_special` and the model wants one).
+
+        Text that is not valid Unicode (a lone surrogate from a JSON escape or a mis-decoded
+        file) is a UsageError naming the position, never an internal error.
+        """
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UsageError(
+                f"the text is not valid Unicode: {exc.object[exc.start : exc.end]!r} "
+                f"at character {exc.start}",
+                hint="Send UTF-8 text; a lone surrogate (e.g. \\ud800) cannot be encoded.",
+            ) from None
         n_max = len(data) + 8
         buf = (ctypes.c_int32 * n_max)()
         n = self._ll.llama_tokenize(

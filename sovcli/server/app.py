@@ -22,11 +22,13 @@ from starlette.routing import Route
 from sovcli.server.audit import AuditLog
 from sovcli.server.auth import KeyChecker
 from sovcli.server.errors import APIError
+from sovcli.server.forwarded import ClientResolver
 from sovcli.server.gate import RequestGate
 from sovcli.server.handlers import Handlers, api_endpoint, error_response
+from sovcli.server.logsafe import bounded
 from sovcli.server.metrics import ServerMetrics
 from sovcli.server.registry import EngineFactory, ModelRegistry
-from sovcli.server.settings import ServerSettings
+from sovcli.server.settings import ServerSettings, trusted_networks
 from sovcli.server.state import ServerState
 
 
@@ -68,6 +70,7 @@ def create_app(
         try:
             yield
         finally:
+            handlers.close()
             await asyncio.to_thread(state.registry.close)
             if state.audit is not None:
                 state.audit.close()
@@ -91,17 +94,22 @@ def create_app(
             metrics=state.metrics,
             checker=KeyChecker(settings.api_keys) if settings.auth_enabled else None,
             max_body_bytes=settings.limits.max_body_bytes,
+            body_timeout_s=settings.limits.body_timeout_s,
+            max_header_bytes=settings.limits.max_header_bytes,
             audit=audit,
+            audit_required=not settings.audit_best_effort,
+            resolver=ClientResolver(trusted_networks(settings.trusted_proxies)),
             log_requests=settings.log_requests,
         )
     )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        path = bounded(request.url.path)
         if exc.status_code == 404:
-            message = f"no such endpoint: {request.method} {request.url.path}"
+            message = f"no such endpoint: {bounded(request.method, 16)} {path}"
         elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
+            message = f"method {bounded(request.method, 16)} is not allowed on {path}"
         else:
             message = str(exc.detail)
         return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))

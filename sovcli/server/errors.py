@@ -66,6 +66,37 @@ def overloaded(retry_after_s: int, message: str = "server is busy, retry later")
     )
 
 
+def audit_unavailable(reason: str | None, retry_after_s: int) -> APIError:
+    """A 503 for a request that cannot be audited (the audit log cannot be written)."""
+    cause = f" ({reason})" if reason else ""
+    return APIError(
+        503,
+        f"the audit log cannot be written{cause}; requests are refused until it can",
+        type_="server_error",
+        code="audit_unavailable",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def headers_too_large(limit: int) -> APIError:
+    """A 431 for a request line and headers over the cap."""
+    return APIError(
+        431,
+        f"the request line and headers are larger than this server's limit of {limit} bytes",
+        code="request_header_fields_too_large",
+    )
+
+
+def request_timeout(seconds: float) -> APIError:
+    """A 408 for a request body that did not arrive in time."""
+    return APIError(
+        408,
+        f"the request body did not arrive within {seconds:g} seconds",
+        code="request_timeout",
+        headers={"Connection": "close"},
+    )
+
+
 def from_sovcli_error(exc: SovcliError) -> APIError:
     """Map a library error to the response a client should see (no internals for 5xx)."""
     if isinstance(exc, ContextOverflowError):

@@ -26,7 +26,7 @@ from sovcli.engine.types import (
     GenerationStream,
     TokenEvent,
 )
-from sovcli.errors import SovcliError, UsageError
+from sovcli.errors import ContextOverflowError, SovcliError
 from sovcli.server.errors import (
     APIError,
     bad_request,
@@ -35,14 +35,17 @@ from sovcli.server.errors import (
     overloaded,
 )
 from sovcli.server.gate import RequestRecord, log_exception
+from sovcli.server.grammars import GrammarCache
+from sovcli.server.jsonbody import parse_json_body
+from sovcli.server.offload import Offloader, is_big
 from sovcli.server.protocol import (
     ChatRequest,
     CompletionRequest,
+    EmbeddingRequest,
     GenerationOptions,
     chat_request,
     completion_request,
     embedding_request,
-    parse_json_body,
 )
 from sovcli.server.registry import ModelHandle
 from sovcli.server.responses import DONE, ChatFormat, CompletionFormat
@@ -61,6 +64,9 @@ RESULT_TIMEOUT_S = 60.0
 Parsed = TypeVar("Parsed", ChatRequest, CompletionRequest)
 # The last event of a stream that ends badly (a request not streamed gets a 500 or a 503).
 STREAM_FAILURES = {"error": "generation failed", "cancelled": "the request was cancelled"}
+HEAD_CHARS_PER_TOKEN = 16  # how much of a long prompt is tokenized first (x context)
+HEAD_MARGIN_TOKENS = 64
+GRAMMAR_FAILURE = "the grammar"  # how the engine's message starts when llama.cpp refused one
 
 
 def error_response(err: APIError) -> Response:
@@ -137,7 +143,12 @@ class Handlers:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self._grammars: dict[str, str] = {}
+        self.grammars = GrammarCache(state.settings.limits.grammar_cache_bytes)
+        self.offload = Offloader()
+
+    def close(self) -> None:
+        """Stop the worker threads (running calls finish)."""
+        self.offload.close()
 
     # ---- admission -------------------------------------------------------------------
     def _admit(self, handle: ModelHandle) -> Callable[[], None]:
@@ -160,7 +171,7 @@ class Handlers:
 
         return release
 
-    def _submit(
+    async def _submit(
         self,
         gen: GenerationRequest,
         handle: ModelHandle,
@@ -169,36 +180,24 @@ class Handlers:
         options: GenerationOptions,
         hold: HeldCall | None = None,
     ) -> _Run:
-        """Admit `gen` (or raise a 503) and hand it to the model's engine."""
+        """Admit `gen` (or raise a 503) and hand it to the model's engine, which tokenizes
+        it in a worker thread (never on the event loop)."""
         release = self._admit(handle)
         try:
             assert handle.engine is not None
-            stream = handle.engine.submit(gen)
+            stream = await self.offload.run(
+                _submit_checked, handle.engine, gen, big=is_big(gen.prompt), orphan=_cancel_stream
+            )
         except BaseException:
             release()
             raise
         return _Run(handle, record, fmt, options, stream, release, hold)
 
-    def _grammar_for_schema(self, schema: dict[str, Any], param: str) -> str:
-        from sovcli.engine.grammar import json_schema_to_gbnf
-
-        key = json.dumps(schema, sort_keys=True)
-        grammar = self._grammars.get(key)
-        if grammar is None:
-            try:
-                grammar = json_schema_to_gbnf(schema)
-            except UsageError as exc:
-                raise bad_request(exc.message, param=param) from exc
-            if len(self._grammars) > 256:
-                self._grammars.clear()
-            self._grammars[key] = grammar
-        return grammar
-
-    def _chat_grammar(self, chat: ChatRequest, tools_active: bool) -> str | None:
+    async def _chat_grammar(self, chat: ChatRequest, tools_active: bool) -> str | None:
         if tools_active and chat.tools:
             schema = forced_call_schema(chat.tools, chat.tool_choice)
             if schema is not None:
-                return self._grammar_for_schema(schema, "tools")
+                return await self.grammars.grammar(schema, "tools")
         fmt = chat.response_format
         if fmt is None:
             return None
@@ -206,7 +205,7 @@ class Handlers:
             from sovcli.engine.grammar import JSON_OBJECT_GBNF
 
             return JSON_OBJECT_GBNF
-        return self._grammar_for_schema(fmt["schema"], "response_format")
+        return await self.grammars.grammar(fmt["schema"], "response_format")
 
     @staticmethod
     def _generation(
@@ -225,11 +224,21 @@ class Handlers:
             request_id=rid,
         )
 
+    async def _parsed(
+        self, request: Request, parse: Callable[[dict[str, Any], Limits], Parsed]
+    ) -> Parsed:
+        """The body checked and parsed by `parse` (in a worker thread when it is big)."""
+        raw = await request.body()
+        limits = self.state.settings.limits
+        if not is_big(raw):
+            return parse(parse_json_body(raw), limits)
+        return await self.offload.run(lambda: parse(parse_json_body(raw), limits), big=True)
+
     async def _routed(
         self, request: Request, parse: Callable[[dict[str, Any], Limits], Parsed]
     ) -> tuple[Parsed, ModelHandle, EngineProtocol]:
         """The body parsed by `parse`, the model it names and its engine (noted in the record)."""
-        parsed = parse(parse_json_body(await request.body()), self.state.settings.limits)
+        parsed = await self._parsed(request, parse)
         handle = self.state.registry.resolve(parsed.options.model)
         assert handle.engine is not None
         record = _record(request)
@@ -245,20 +254,17 @@ class Handlers:
         tools = chat.tools if tools_active else None
         native = template_supports_tools(engine.info.chat_template)
         messages = prepare_messages(chat.messages, tools, native)
-        try:
-            prompt = engine.render_chat(messages, tools=tools if native else None)
-        except SovcliError as exc:
-            raise bad_request(f"cannot format the messages: {exc.message}", "messages") from exc
-        except Exception as exc:  # template errors (e.g. roles must alternate)
-            raise bad_request(
-                f"the model's chat template rejected the messages: {exc}", "messages"
-            ) from exc
+        big = any(is_big(m.get("content") or "") for m in messages)
+        prompt = await self.offload.run(
+            _render, engine, messages, tools if native else None, big=big
+        )
         if self.state.audit_content:
             record.prompt = chat.messages
         fmt = ChatFormat(chat.options.model or handle.id, chat.options.logprobs_top)
-        gen = self._generation(prompt, chat.options, self._chat_grammar(chat, tools_active), fmt.id)
+        grammar = await self._chat_grammar(chat, tools_active)
+        gen = self._generation(prompt, chat.options, grammar, fmt.id)
         hold = HeldCall(tools, forced=chat.tool_choice != "auto") if tools else None
-        run = self._submit(gen, handle, record, fmt, chat.options, hold)
+        run = await self._submit(gen, handle, record, fmt, chat.options, hold)
         result = await self._respond(request, run)
         if not isinstance(result, GenerationResult):
             return result
@@ -280,7 +286,7 @@ class Handlers:
             record.prompt = req.prompt
         fmt = CompletionFormat(req.options.model or handle.id, req.options.logprobs_top)
         gen = self._generation(req.prompt, req.options, None, fmt.id)
-        run = self._submit(gen, handle, record, fmt, req.options)
+        run = await self._submit(gen, handle, record, fmt, req.options)
         if req.echo:  # token ids are detokenized only once the engine has checked them
             fmt.echo = req.prompt if isinstance(req.prompt, str) else engine.detokenize(req.prompt)
         result = await self._respond(request, run)
@@ -292,20 +298,18 @@ class Handlers:
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings"""
         record = _record(request)
-        req = embedding_request(parse_json_body(await request.body()), self.state.settings.limits)
+        req = await self._parsed(request, embedding_request)
         handle = self.state.registry.resolve(req.model)
         engine = handle.engine
         assert engine is not None
         record.model = handle.id
-        texts = [t if isinstance(t, str) else engine.detokenize(t) for t in req.inputs]
         if req.dimensions is not None and req.dimensions != engine.info.n_embd:
             raise bad_request(
                 f"this model's embeddings have {engine.info.n_embd} dimensions",
                 param="dimensions",
             )
-        n_tokens = sum(
-            len(t) if isinstance(t, list) else len(engine.tokenize(t)) for t in req.inputs
-        )
+        big = sum(len(t) for t in req.inputs) >= 65536
+        texts, n_tokens = await self.offload.run(_embedding_texts, engine, req, big=big)
         if self.state.audit_content:
             record.prompt = texts
         vectors = await asyncio.to_thread(engine.embed, texts)
@@ -395,6 +399,8 @@ class Handlers:
     @staticmethod
     def _finish_reason(result: GenerationResult) -> str:
         if result.finish_reason == "error":
+            if result.error and result.error.startswith(GRAMMAR_FAILURE):
+                raise bad_request(result.error, param="response_format")
             raise internal_error()
         if result.finish_reason == "cancelled":
             raise overloaded(1, "the request was cancelled (server shutting down)")
@@ -498,7 +504,10 @@ class Handlers:
             self._account(run, result)
             record.finish_reason = finish = result.finish_reason
             if finish in STREAM_FAILURES:
-                yield _sse_error(STREAM_FAILURES[finish])
+                failure = STREAM_FAILURES[finish]
+                if result.error and result.error.startswith(GRAMMAR_FAILURE):
+                    failure = result.error
+                yield _sse_error(failure)
                 yield DONE
                 return
             if hold is not None:
@@ -532,6 +541,62 @@ class _Run:
     stream: GenerationStream
     release: Callable[[], None]
     hold: HeldCall | None = None
+
+
+def _submit_checked(engine: EngineProtocol, gen: GenerationRequest) -> GenerationStream:
+    """`engine.submit(gen)`, but a text prompt whose beginning alone overflows the context is
+    refused without tokenizing the rest (a 3.9 MB prompt: 16 KB tokenized, not 1.5 s of CPU).
+    Only the last word before the cut can tokenize differently in the whole text, so the
+    whole has about as many tokens as its beginning, or more; a margin covers the rest.
+    """
+    prompt, n_ctx = gen.prompt, engine.info.n_ctx
+    head_chars = HEAD_CHARS_PER_TOKEN * n_ctx
+    if isinstance(prompt, str) and len(prompt) > head_chars:
+        head = engine.tokenize(
+            prompt[:head_chars], add_special=False, parse_special=gen.parse_special
+        )
+        if len(head) > n_ctx + HEAD_MARGIN_TOKENS:
+            raise ContextOverflowError(
+                f"the prompt has more than {n_ctx} tokens (its first {head_chars} characters "
+                f"alone have {len(head)}) but the context holds {n_ctx}"
+            )
+    return engine.submit(gen)
+
+
+def _cancel_stream(stream: GenerationStream) -> None:
+    """Cancel a stream nobody will read (its request was cancelled while it was submitted)."""
+    stream.cancel()
+
+
+def _render(
+    engine: EngineProtocol, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> str:
+    """The chat prompt, or a 400 naming what the template refused (runs in a worker)."""
+    try:
+        return engine.render_chat(messages, tools=tools)
+    except SovcliError as exc:
+        raise bad_request(f"cannot format the messages: {exc.message}", "messages") from exc
+    except Exception as exc:  # template errors (e.g. roles must alternate)
+        raise bad_request(
+            f"the model's chat template rejected the messages: {str(exc)[:300]}", "messages"
+        ) from exc
+
+
+def _embedding_texts(engine: EngineProtocol, req: EmbeddingRequest) -> tuple[list[str], int]:
+    """The texts of the inputs and their token count (runs in a worker). Token ids outside
+    the vocabulary are a 400: llama.cpp would abort the whole process on them."""
+    n_vocab = engine.info.n_vocab
+    for index, item in enumerate(req.inputs):
+        if isinstance(item, list):
+            bad = next((t for t in item if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                raise bad_request(
+                    f"input[{index}]: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
+                    param="input",
+                )
+    texts = [t if isinstance(t, str) else engine.detokenize(t) for t in req.inputs]
+    n_tokens = sum(len(t) if isinstance(t, list) else len(engine.tokenize(t)) for t in req.inputs)
+    return texts, n_tokens
 
 
 def _note_first_token(record: RequestRecord, event: TokenEvent) -> None:

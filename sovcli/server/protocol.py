@@ -6,7 +6,6 @@ are ignored (clients send many), except those that would silently change the mea
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,19 +16,6 @@ from sovcli.server.settings import Limits
 
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
-
-
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400."""
-    if not raw:
-        raise bad_request("the request body is empty; send a JSON object")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
 
 
 @dataclass

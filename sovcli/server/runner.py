@@ -49,15 +49,25 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_server(app: Any, settings: ServerSettings) -> uvicorn.Server:
-    """The uvicorn server that runs `app` (no access log, lifespan on, graceful shutdown)."""
+    """The uvicorn server that runs `app`: no access log, lifespan on, graceful shutdown,
+    h11 with a header timeout, a connection cap and a header size cap (see `connections`).
+
+    uvicorn's own forwarded-header handling is off: the app decides whom to believe
+    (`--trusted-proxy`), so a client cannot write another address into the logs."""
     import uvicorn
 
+    from sovcli.server.connections import guarded_protocol
+
+    limits = settings.limits
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         lifespan="on",
         ws="none",
+        http=guarded_protocol(limits.header_timeout_s, limits.max_connections),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         timeout_keep_alive=30,

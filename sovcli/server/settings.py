@@ -9,6 +9,7 @@ from pathlib import Path
 from sovcli.engine.types import MIN_CTX
 from sovcli.errors import UsageError
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 
 
@@ -38,6 +39,11 @@ class Limits:
     max_queue: int = 64  # requests waiting per model beyond `parallel` (503 above)
     max_embedding_inputs: int = 256  # texts per /v1/embeddings request
     retry_after_s: int = 1  # `Retry-After` sent with 503s
+    header_timeout_s: float = 10.0  # from a request's first byte to its last header line
+    body_timeout_s: float = 60.0  # to receive a whole request body (408 after)
+    max_connections: int = 512  # open connections; beyond it idle ones are closed first
+    max_header_bytes: int = 16 * 1024  # request line and headers (400 above)
+    grammar_cache_bytes: int = 32 * 1024 * 1024  # grammars built from JSON schemas
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class ServerSettings:
     no_auth: bool = False  # explicit opt-out when binding a non-loopback address
     audit_log: Path | None = None
     audit_content: bool = False  # also write prompts and completions to the audit log
+    audit_best_effort: bool = False  # serve on (unaudited) when the audit log cannot be written
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose forwarded-for headers are believed
     cors_origins: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     shutdown_grace_s: float = 5.0  # how long in-flight requests may finish on SIGTERM
@@ -70,6 +78,12 @@ class ServerSettings:
             raise UsageError(f"--ctx must be at least {MIN_CTX} tokens")
         if self.prompt_cache_mib < 0:
             raise UsageError("--prompt-cache must be >= 0 MiB (0 turns it off)")
+        limits = self.limits
+        if limits.header_timeout_s <= 0 or limits.body_timeout_s <= 0:
+            raise UsageError("--header-timeout and the body timeout must be above 0 seconds")
+        if limits.max_connections < 1:
+            raise UsageError("--max-connections must be at least 1")
+        trusted_networks(self.trusted_proxies)  # raises UsageError for a malformed CIDR
         if not 0 <= self.port <= 65535:
             raise UsageError(f"invalid port {self.port}", hint="Use a port between 1 and 65535.")
         if not is_loopback(self.host) and not self.api_keys and not self.no_auth:
@@ -92,6 +106,20 @@ class ServerSettings:
     def auth_enabled(self) -> bool:
         """Whether requests must carry one of the API keys."""
         return bool(self.api_keys)
+
+
+def trusted_networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """The `--trusted-proxy` values as networks; `UsageError` names a malformed one."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError as exc:
+            raise UsageError(
+                f"--trusted-proxy {cidr!r} is not an address or a CIDR block",
+                hint="e.g. --trusted-proxy 10.0.0.5 or --trusted-proxy 10.0.0.0/24",
+            ) from exc
+    return tuple(networks)
 
 
 def is_loopback(host: str) -> bool:

@@ -21,7 +21,7 @@ from sovcli.store.layout import lock_path, partial_model_dir
 from sovcli.store.locks import model_lock
 from sovcli.store.model import InstalledModel
 from sovcli.store.names import quant_from_filename
-from sovcli.store.registry import InstallSpec, get_installed, install
+from sovcli.store.registry import InstallSpec, get_intact, install
 
 __all__ = ["FetchOptions", "fetch"]
 
@@ -45,7 +45,7 @@ def fetch(
     errors: list[SovcliError] = []
     with model_lock(lock_path(name)):
         if quant and not options.force:
-            existing = get_installed(name, quant)
+            existing = get_intact(name, quant)
             if existing is not None:
                 return existing
         for i, src in enumerate(sources):
@@ -82,7 +82,7 @@ def _fetch_one(
 
         fetched = fetch_hub(src, name, quant, options)
         if not options.force and fetched.files == []:
-            existing = get_installed(name, fetched.tag)
+            existing = get_intact(name, fetched.tag)
             if existing is not None:
                 return existing
     model = _register(name, fetched, entry, options.progress)

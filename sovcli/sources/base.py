@@ -41,6 +41,23 @@ class Fetched:
     cleanup: list[Path] = field(default_factory=list)  # directories to remove after install
 
 
+REASON_LIMIT = 200
+"""Characters of an error's text kept in a message or a note (cut at a word, with "...")."""
+
+
+def one_line(exc: BaseException, limit: int = REASON_LIMIT) -> str:
+    """The text of `exc` on one line: whitespace and control characters collapsed to spaces,
+    cut cleanly at a word boundary with "..." past `limit` characters."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+    text = text or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    if " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut + "..."
+
+
 def ensure_free_space(directory: Path, needed: int, what: str) -> None:
     """Raise DiskFullError before a download that cannot fit."""
     directory.mkdir(parents=True, exist_ok=True)

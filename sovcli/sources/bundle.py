@@ -1,8 +1,12 @@
 """Air-gap bundles: `sovcli export MODEL -o FILE.tar` and `sovcli pull FILE.tar`.
 
 A bundle is a plain tar: `sovcli-bundle.json` (format marker + the model's manifest) first,
-then the model's files. Importing reads only the members the manifest names, refuses any
-odd member name, hashes every file against the manifest and registers nothing unless all match.
+then the model's files. Importing treats the bundle as hostile: the marker is read only if
+it is small, and only when it is the first member; the manifest is checked for shape and
+types; a catalog alias must hold the catalog's pinned file; each member named by the
+manifest is extracted only if its size is the manifest's, its bytes counted while they are
+written (never more than the manifest says) and hashed; nothing is registered unless all
+match, and the work folder is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -10,27 +14,36 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import shutil
 import tarfile
-import uuid
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sovcli import paths
-from sovcli.errors import IntegrityError, ModelNotFoundError, StoreError
+from sovcli.errors import DiskFullError, IntegrityError, ModelNotFoundError, StoreError
 from sovcli.fsutil import atomic_output
 from sovcli.progress import NULL_PROGRESS, Progress, ProgressTask
-from sovcli.sources.base import ensure_free_space
+from sovcli.sources.base import ensure_free_space, is_disk_full, one_line
+from sovcli.sources.catalog import load_catalog
 from sovcli.store.hashing import BLOCK
-from sovcli.store.layout import lock_path
+from sovcli.store.layout import lock_path, work_dir
 from sovcli.store.locks import model_lock
+from sovcli.store.manifest import MAX_MANIFEST_BYTES, check_manifest
 from sovcli.store.model import InstalledModel
-from sovcli.store.names import validate_file_name, validate_name, validate_tag
-from sovcli.store.registry import FileToInstall, InstallSpec, get_installed, install
+from sovcli.store.names import shown
+from sovcli.store.registry import FileToInstall, InstallSpec, get_intact, install, pin_problem
+from sovcli.store.sweep import tracked_temp_files
 from sovcli.store.verify import verify
 
 BUNDLE_MARKER = "sovcli-bundle.json"
 BUNDLE_FORMAT = "sovcli-bundle/1"
+MAX_MARKER_BYTES = MAX_MANIFEST_BYTES
+"""The marker is read only when its tar header says it is at most this large."""
+BUNDLE_WORK = ".bundle"
+# What reading a truncated or corrupt (possibly compressed) tar raises.
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 
 
 def export_bundle(
@@ -48,11 +61,15 @@ def export_bundle(
             hint="Pull the model again, then export.",
         )
     header = json.dumps({"format": BUNDLE_FORMAT, "manifest": model.manifest}, indent=2).encode()
+    if len(header) > MAX_MARKER_BYTES:
+        raise IntegrityError(f"{model.ref}: its manifest is too large for a bundle")
     out = Path(out)
     with (
-        atomic_output(out, "wb") as (_tmp, fh),
+        tracked_temp_files() as track,  # a killed export's temp file goes at the next sweep
+        atomic_output(out, "wb") as (tmp, fh),
         tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
+        track(tmp)
         info = tarfile.TarInfo(BUNDLE_MARKER)
         info.size = len(header)
         info.mtime = 0
@@ -60,6 +77,8 @@ def export_bundle(
         for record in model.manifest["files"]:
             path = model.directory / record["path"]
             info = tar.gettarinfo(path, arcname=record["path"])
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""  # no local account names in a bundle
             task = progress.task(f"write {record['path']}", info.size, unit="B")
             with path.open("rb") as src:
                 tar.addfile(info, _Counted(src, task))
@@ -84,108 +103,211 @@ class _Counted(io.RawIOBase):
         return data
 
 
+@dataclass(frozen=True)
+class BundleImport:
+    """What importing a bundle did: the model, and whether it was already installed."""
+
+    model: InstalledModel
+    already_installed: bool
+
+
 def import_bundle(
     bundle: Path, *, force: bool = False, progress: Progress | None = None
-) -> InstalledModel:
-    """Verify every file of a bundle against its manifest, then register the model."""
+) -> BundleImport:
+    """Verify every file of a bundle against its manifest, then register the model.
+
+    An installed `name:tag` is kept as is unless `force`. IntegrityError for a bundle that
+    is truncated, corrupt, malformed, larger than it says, or not the catalog's file for a
+    catalog alias; InvalidNameError for a name or tag that could escape the store.
+    """
     bundle = Path(bundle).expanduser()
     if not bundle.is_file():
         raise ModelNotFoundError(
             f"no such bundle: {bundle}", hint="Pass the path of a .tar made by `sovcli export`."
         )
+    label = bundle.name if bundle.name.isprintable() else shown(bundle.name)
     try:
         tar = tarfile.open(bundle, mode="r:*")  # noqa: SIM115 (closed by `with tar` below)
-    except (tarfile.TarError, OSError) as exc:
-        raise IntegrityError(f"{bundle.name} is not a readable tar bundle: {exc}") from exc
+    except _READ_ERRORS as exc:
+        raise IntegrityError(
+            f"{label} is not a readable tar bundle (empty, truncated or not a tar file)",
+            hint="Pass a .tar made by `sovcli export`; copy it again if it was cut short.",
+        ) from exc
     with tar:
-        try:
-            marker = tar.getmember(BUNDLE_MARKER)
-            header = json.loads(tar.extractfile(marker).read())  # type: ignore[union-attr]
-        except (KeyError, ValueError, AttributeError) as exc:
-            raise IntegrityError(
-                f"{bundle.name} is not a sovcli bundle (no valid {BUNDLE_MARKER})"
-            ) from exc
-        if header.get("format") != BUNDLE_FORMAT:
-            raise IntegrityError(
-                f"{bundle.name}: unsupported bundle format {header.get('format')!r}"
-            )
-        manifest = header.get("manifest") or {}
-        name = validate_name(str(manifest.get("name")))
-        tag = validate_tag(str(manifest.get("tag")))
-        records = manifest.get("files") or []
-        if not records:
-            raise IntegrityError(f"{bundle.name}: the manifest lists no files")
+        manifest = _read_marker(tar, label)
+        name, tag = manifest["name"], manifest["tag"]
+        pins = load_catalog().pinned_sha256(name, tag)
+        problem = pin_problem(manifest["files"], manifest["gguf"], pins)
+        if problem:
+            raise _not_the_catalog_file(f"{name}:{tag}", problem)
         with model_lock(lock_path(name)):
-            if not force and get_installed(name, tag) is not None:
-                existing = get_installed(name, tag)
-                assert existing is not None
-                return existing
-            work = paths.partial_dir() / ".bundle" / uuid.uuid4().hex
-            work.mkdir(parents=True, exist_ok=True)
+            existing = None if force else get_intact(name, tag)
+            if existing is not None:
+                return BundleImport(existing, already_installed=True)
+            spec = _spec(bundle, manifest, pins)
+            work = work_dir(BUNDLE_WORK, name)
             try:
-                ensure_free_space(work, sum(int(r.get("size", 0)) for r in records), bundle.name)
-                files = _extract_verified(tar, records, work, progress or NULL_PROGRESS)
-                source = {
-                    "kind": "bundle",
-                    "bundle": str(bundle.resolve()),
-                    "original_source": manifest.get("source"),
-                    "original_created_at": manifest.get("created_at"),
-                    "files": [r["path"] for r in records],
-                }
-                spec = InstallSpec(
-                    name=name,
-                    tag=tag,
-                    files=files,
-                    source=source,
-                    gguf_file=str(manifest.get("gguf")),
-                    license=manifest.get("license"),
-                    gated=manifest.get("gated"),
-                    description=manifest.get("description"),
-                    conversion=manifest.get("conversion"),
-                )
-                return install(spec)
+                work.mkdir(parents=True)
+                ensure_free_space(work, manifest["total_size"], label)
+                spec.files = [
+                    _extract_one(tar, label, record, work, progress or NULL_PROGRESS)
+                    for record in manifest["files"]
+                ]
+                return BundleImport(install(spec, progress), already_installed=False)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def _extract_verified(
-    tar: tarfile.TarFile, records: list[dict[str, Any]], work: Path, progress: Progress
-) -> list[FileToInstall]:
-    return [_extract_one(tar, record, work, progress) for record in records]
+def _read_marker(tar: tarfile.TarFile, bundle_name: str) -> dict[str, Any]:
+    """The manifest in the bundle's first member, checked for shape and types."""
+    not_a_bundle = f"{bundle_name} is not a sovcli bundle"
+    try:
+        first = tar.next()
+        if first is None or first.name != BUNDLE_MARKER or not first.isfile():
+            raise IntegrityError(f"{not_a_bundle} ({BUNDLE_MARKER} is not its first member)")
+        if first.size > MAX_MARKER_BYTES:
+            raise IntegrityError(
+                f"{not_a_bundle}: its {BUNDLE_MARKER} is {first.size:,} bytes "
+                f"(at most {MAX_MARKER_BYTES:,})"
+            )
+        stream = tar.extractfile(first)
+        data = stream.read(MAX_MARKER_BYTES + 1) if stream is not None else b""
+    except _READ_ERRORS as exc:
+        raise _truncated(bundle_name, exc) from exc
+    try:
+        header = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{not_a_bundle} ({BUNDLE_MARKER} is not valid JSON)") from exc
+    if not isinstance(header, dict):
+        raise IntegrityError(f"{not_a_bundle} ({BUNDLE_MARKER} is not a JSON object)")
+    if header.get("format") != BUNDLE_FORMAT:
+        found = shown(header.get("format"))
+        raise IntegrityError(f"{bundle_name}: unsupported bundle format {found}")
+    try:
+        manifest = check_manifest(header.get("manifest"))
+    except ValueError as exc:
+        raise IntegrityError(
+            f"{bundle_name}: malformed manifest: {exc}",
+            hint="The bundle was damaged or not made by `sovcli export`; nothing was registered.",
+        ) from exc
+    manifest["total_size"] = sum(r["size"] for r in manifest["files"])
+    return manifest
+
+
+def _not_the_catalog_file(ref: str, problem: str) -> IntegrityError:
+    return IntegrityError(
+        f"{ref} is a catalog model, and this bundle does not hold the catalog's file: {problem}",
+        hint="Nothing was registered. Export the model from a store that pulled it from its "
+        "catalog source, or import other weights under another name.",
+    )
+
+
+def _spec(bundle: Path, manifest: dict[str, Any], pins: frozenset[str]) -> InstallSpec:
+    """What to register (its files are filled in once extracted and verified)."""
+    source = {
+        "kind": "bundle",
+        "bundle": str(bundle.resolve()),
+        "original_source": manifest.get("source"),
+        "original_created_at": manifest.get("created_at"),
+        "files": [r["path"] for r in manifest["files"]],
+    }
+    return InstallSpec(
+        name=manifest["name"],
+        tag=manifest["tag"],
+        files=[],
+        source=source,
+        gguf_file=manifest["gguf"],
+        license=manifest.get("license"),
+        gated=manifest.get("gated"),
+        description=manifest.get("description"),
+        conversion=manifest.get("conversion"),
+        pinned_sha256=pins,
+    )
 
 
 def _extract_one(
-    tar: tarfile.TarFile, record: dict[str, Any], work: Path, progress: Progress
+    tar: tarfile.TarFile, bundle_name: str, record: dict[str, Any], work: Path, progress: Progress
 ) -> FileToInstall:
-    """Extract one member into `work`, hashing it; IntegrityError unless it matches `record`."""
-    rel = validate_file_name(str(record.get("path")))
+    """Extract one member into `work`, hashing it; IntegrityError unless it matches `record`.
+
+    The member's size must be the manifest's before a byte is written, and the bytes are
+    counted as they are written: a member that would inflate past it is refused at once.
+    """
+    rel, size = record["path"], record["size"]
     try:
         member = tar.getmember(rel)
+        src = tar.extractfile(member) if member.isfile() else None
     except KeyError:
-        raise IntegrityError(f"bundle is missing {rel}") from None
-    if not member.isfile():
-        raise IntegrityError(f"bundle member {rel} is not a regular file")
-    src = tar.extractfile(member)
+        raise IntegrityError(f"{bundle_name} is missing {rel}") from None
+    except _READ_ERRORS as exc:
+        raise _truncated(bundle_name, exc) from exc
     if src is None:
-        raise IntegrityError(f"cannot read {rel} from the bundle")
+        raise IntegrityError(f"bundle member {rel} is not a regular file")
+    if member.size != size:
+        raise _size_mismatch(rel, member.size, size)
     target = work / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    task = progress.task(f"verify {rel}", member.size, unit="B")
+    task = progress.task(f"verify {rel}", size, unit="B")
     try:
+        written = _copy_counted(src, target, rel, size, digest, task)
+    except _Unreadable as exc:
+        raise _truncated(bundle_name, exc.__cause__ or exc) from exc
+    task.close()
+    sha = digest.hexdigest()
+    if written != size or sha != record["sha256"]:
+        raise IntegrityError(
+            f"bundle file {rel} does not match its manifest (sha256 {sha}, "
+            f"expected {record['sha256']})",
+            hint="The bundle was corrupted or tampered with; nothing was registered.",
+        )
+    return FileToInstall(src=target, relpath=rel, sha256=sha, trusted=True)
+
+
+def _copy_counted(
+    src: IO[bytes], target: Path, rel: str, limit: int, digest: Any, task: ProgressTask
+) -> int:
+    """Copy member `rel` to `target`, hashing; IntegrityError as soon as it passes `limit`."""
+    written = 0
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("wb") as out:
-            while block := src.read(BLOCK):
+            while True:
+                try:
+                    block = src.read(min(BLOCK, limit - written + 1))
+                except _READ_ERRORS as exc:
+                    raise _Unreadable() from exc
+                if not block:
+                    return written
+                written += len(block)
+                if written > limit:
+                    raise _size_mismatch(rel, None, limit)
                 out.write(block)
                 digest.update(block)
                 task.advance(len(block))
     except OSError as exc:
-        raise StoreError(f"cannot extract {rel}: {exc}") from exc
-    task.close()
-    sha = digest.hexdigest()
-    if sha != record.get("sha256") or target.stat().st_size != record.get("size"):
-        raise IntegrityError(
-            f"bundle file {rel} does not match its manifest (sha256 {sha}, "
-            f"expected {record.get('sha256')})",
-            hint="The bundle was corrupted or tampered with; nothing was registered.",
-        )
-    return FileToInstall(src=target, relpath=rel, sha256=sha, trusted=True)
+        if is_disk_full(exc):
+            raise DiskFullError(f"disk full while extracting {rel}") from exc
+        raise StoreError(f"cannot extract {rel}: {exc.strerror or exc}") from exc
+
+
+class _Unreadable(Exception):
+    """Reading the bundle failed (its cause says why), as opposed to writing the copy."""
+
+
+def _truncated(bundle_name: str, exc: BaseException) -> IntegrityError:
+    return IntegrityError(
+        f"{bundle_name} is truncated or corrupt ({one_line(exc)})",
+        hint="Copy the bundle again (compare its size or sha256 with the original); "
+        "nothing was registered.",
+    )
+
+
+def _size_mismatch(rel: str, actual: int | None, expected: int) -> IntegrityError:
+    """`actual` None: the member was found larger than `expected` while being copied."""
+    if actual is None:
+        what = f"bundle member {rel} is larger than its manifest says ({expected:,} bytes)"
+    else:
+        what = f"bundle member {rel} is {actual:,} bytes but its manifest says {expected:,}"
+    return IntegrityError(
+        what, hint="The bundle was corrupted or tampered with; nothing was registered."
+    )

@@ -8,6 +8,7 @@ Both are validated on load; an error names the file, the key and what is wrong.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,24 @@ from typing import Any
 
 from sovcli import paths
 from sovcli.errors import CatalogError, ModelNotFoundError
-from sovcli.store.names import normalize_tag, validate_file_name, validate_name
+from sovcli.store.names import (
+    normalize_tag,
+    quant_from_filename,
+    shown,
+    validate_file_name,
+    validate_name,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+# Matched whole (`fullmatch`): a package is a name and a version a release, never a path, a URL,
+# an option or a specifier, so pip can only ever download `name==version` from its index.
+_PACKAGE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?")  # PEP 508 names
+_VERSION = re.compile(r"(?:\d+!)?\d+(?:\.\d+)*(?:(?:a|b|rc)\d+)?(?:\.post\d+)?(?:\.dev\d+)?")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")  # a branch, tag or commit
 
 SOURCE_KINDS = ("hf", "pypi")
 FORMATS = ("gguf", "safetensors")
@@ -106,6 +119,20 @@ class Catalog:
     def get(self, alias: str) -> CatalogEntry | None:
         """The entry for `alias`, or None."""
         return self.entries.get(alias)
+
+    def pinned_sha256(self, name: str, tag: str) -> frozenset[str]:
+        """The sha256 the catalog pins for alias `name`'s `tag` GGUF (empty: no pin, or not
+        an alias). A model registered under that name and tag must be that file."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return frozenset()
+        return frozenset(
+            src.sha256
+            for src in entry.sources
+            if src.sha256
+            and src.format == "gguf"
+            and (src.quant or (quant_from_filename(src.file) if src.file else None)) == tag
+        )
 
     def require(self, alias: str) -> CatalogEntry:
         """The entry for `alias`; ModelNotFoundError with close-name suggestions otherwise."""
@@ -228,6 +255,9 @@ def _parse_source(path: Path, key: str, raw: Any) -> Source:
             raise _fail(path, f"{key}.repo", f"invalid repo id {repo!r}") from None
         if repo.count("/") != 1:
             raise _fail(path, f"{key}.repo", f"must be org/repo, got {repo!r}")
+        revision = raw.get("revision")
+        if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision):
+            raise _fail(path, f"{key}.revision", f"invalid revision {shown(revision)}")
         file = raw.get("file")
         if file is not None:
             try:
@@ -257,10 +287,7 @@ def _parse_source(path: Path, key: str, raw: Any) -> Source:
     member = raw.get("member") or parts[-1][2]
     package = raw.get("package") or parts[0][0]
     version = raw.get("version") or parts[0][1]
-    try:
-        validate_file_name(member)
-    except Exception:
-        raise _fail(path, f"{key}.member", f"invalid member path {member!r}") from None
+    _check_requirement(path, key, package, version, member)
     return Source(
         kind="pypi",
         package=package,
@@ -285,14 +312,34 @@ def _parse_parts(path: Path, key: str, raw: Any) -> tuple[tuple[str, str, str], 
             raise _fail(path, where, "must have exactly package, version and member")
         for name in ("package", "version", "member"):
             _check_type(path, f"{where}.{name}", item[name], str, "a string")
-        try:
-            validate_file_name(item["member"])
-        except Exception:
-            raise _fail(
-                path, f"{where}.member", f"invalid member path {item['member']!r}"
-            ) from None
+        _check_requirement(path, where, item["package"], item["version"], item["member"])
         out.append((item["package"], item["version"], item["member"]))
     return tuple(out)
+
+
+def is_package_name(text: str) -> bool:
+    """True for a bare package name as on an index (PEP 508): no path, URL, option or extra."""
+    return isinstance(text, str) and _PACKAGE.fullmatch(text) is not None
+
+
+def is_release(text: str) -> bool:
+    """True for an exact public release number (`1.0.2`, `2!1.0rc1`): no specifier, no URL."""
+    return isinstance(text, str) and _VERSION.fullmatch(text) is not None
+
+
+def _check_requirement(path: Path, key: str, package: str, version: str, member: str) -> None:
+    """A pypi package is a bare name, its version a bare release, its member a path in the
+    wheel: no local path, URL, pip option (`-e`), extra or version specifier gets to pip."""
+    if not is_package_name(package):
+        what = "a name on the index, not a path, URL or option"
+        raise _fail(path, f"{key}.package", f"invalid package name {shown(package)} ({what})")
+    if not is_release(version):
+        what = "an exact release such as 1.0.2"
+        raise _fail(path, f"{key}.version", f"invalid version {shown(version)} ({what})")
+    try:
+        validate_file_name(member)
+    except Exception:
+        raise _fail(path, f"{key}.member", f"invalid member path {shown(member)}") from None
 
 
 def _parse_entry(path: Path, alias: str, raw: Any) -> CatalogEntry:

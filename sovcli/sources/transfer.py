@@ -22,6 +22,7 @@ import httpx
 
 from sovcli.errors import NetworkError
 from sovcli.progress import Progress, ProgressTask
+from sovcli.sources.base import one_line
 from sovcli.store.hashing import BLOCK, hash_into
 
 MAX_REDIRECTS = 10
@@ -169,9 +170,8 @@ def download(
                 stalled = 0 if part.size > before else stalled + 1
                 if stalled > MAX_STALLED_RETRIES:
                     raise
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 progress.note(
-                    f"{label}: connection interrupted ({reason[:80]}); "
+                    f"{label}: connection interrupted ({one_line(exc)}); "
                     f"resuming at {part.size:,} bytes with a Range request"
                 )
                 time.sleep(min(stalled, 5))

@@ -50,6 +50,10 @@ _SCALAR_FORMATS = {
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 _MAX_ARRAY_KEPT = 64
+MAX_ARRAY_DEPTH = 8
+"""Arrays of arrays nest at most this deep (llama.cpp's own files use one level)."""
+MAX_KEY_LENGTH = 65_536
+MAX_STRING_KEPT = 16 << 20
 
 
 class _Header:
@@ -77,10 +81,16 @@ class _Cursor:
         self.pos += n
         return value
 
-    def string(self) -> str:
+    def string(self, limit: int | None = None) -> str:
+        """A length-prefixed UTF-8 string; one longer than `limit` bytes is an error."""
         length = self.take("<Q")
         if self.pos + length > self.size:
             raise EOFError("string runs past the end of the file")
+        if limit is not None and length > limit:
+            raise ValueError(f"string of {length:,} bytes (at most {limit:,})")
+        if length > MAX_STRING_KEPT:  # a value nobody reads whole: skipped, not copied
+            self.pos += length
+            return f"<string of {length:,} bytes>"
         raw = bytes(self.buf[self.pos : self.pos + length])
         self.pos += length
         return raw.decode("utf-8", "replace")
@@ -97,27 +107,42 @@ class _Cursor:
             raise EOFError("string array runs past the end of the file")
         self.pos = pos
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
+        """One metadata value of type `vtype`; arrays nest at most `MAX_ARRAY_DEPTH` deep."""
         if vtype in _SCALAR_FORMATS:
             return self.take(_SCALAR_FORMATS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise ValueError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
             etype = self.take("<I")
             count = self.take("<Q")
+            self._check_count(etype, count)
             if count <= _MAX_ARRAY_KEPT:
-                return [self.value(etype) for _ in range(count)]
+                return [self.value(etype, depth + 1) for _ in range(count)]
             if etype in _SCALAR_FORMATS:
                 self.pos += count * struct.calcsize(_SCALAR_FORMATS[etype])
-                if self.pos > self.size:
-                    raise EOFError("array runs past the end of the file")
             elif etype == _STRING:
                 self.skip_strings(count)
             else:
                 for _ in range(count):
-                    self.value(etype)
+                    self.value(etype, depth + 1)
             return f"<array of {count}>"
         raise ValueError(f"unknown metadata value type {vtype}")
+
+    def _check_count(self, etype: int, count: int) -> None:
+        """An array cannot hold more elements than the rest of the file has room for."""
+        if etype in _SCALAR_FORMATS:
+            smallest = struct.calcsize(_SCALAR_FORMATS[etype])
+        elif etype == _STRING:
+            smallest = 8  # the length prefix of an empty string
+        elif etype == _ARRAY:
+            smallest = 12  # the element type and count of an empty array
+        else:
+            raise ValueError(f"unknown array element type {etype}")
+        if count * smallest > self.size - self.pos:
+            raise EOFError(f"array of {count:,} elements runs past the end of the file")
 
 
 def _parse_header(path: Path) -> tuple[_Header, int]:
@@ -137,7 +162,7 @@ def _parse_header(path: Path) -> tuple[_Header, int]:
                 raise ValueError("implausible tensor or key count")
             kv: dict[str, Any] = {}
             for _ in range(n_kv):
-                key = cur.string()
+                key = cur.string(limit=MAX_KEY_LENGTH)
                 kv[key] = cur.value(cur.take("<I"))
             tensors = []
             for _ in range(n_tensors):
@@ -153,12 +178,26 @@ def _parse_header(path: Path) -> tuple[_Header, int]:
             if not isinstance(alignment, int) or alignment <= 0:
                 alignment = 32
             data_start = cur.pos + (-cur.pos % alignment)
-    except (EOFError, ValueError, struct.error, OSError) as exc:
+    except (EOFError, ValueError, struct.error, OSError, RecursionError, MemoryError) as exc:
         raise IntegrityError(
-            f"{Path(path).name} is not a valid GGUF file (truncated or corrupt header: {exc})",
+            f"{Path(path).name} is a malformed GGUF file (truncated or corrupt header: {exc})",
             hint="Delete it and pull again, or re-export it from the original checkpoint.",
         ) from exc
     return _Header(version, kv, tensors), data_start
+
+
+def tensor_layout(path: Path) -> tuple[str | None, int | None, list[str]]:
+    """(architecture, block count, tensor names) from the header of one GGUF file.
+
+    Raises IntegrityError when the header is not a readable GGUF header (bounded: a hostile
+    header with huge counts or deep nesting fails fast).
+    """
+    header, _start = _parse_header(path)
+    arch = header.kv.get("general.architecture")
+    arch = arch if isinstance(arch, str) else None
+    blocks = header.kv.get(f"{arch}.block_count") if arch else None
+    blocks = blocks if isinstance(blocks, int) and not isinstance(blocks, bool) else None
+    return arch, blocks, [t[0] for t in header.tensors]
 
 
 def _tensor_nbytes(dims: tuple[int, ...], ttype: int) -> int:

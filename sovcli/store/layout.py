@@ -9,6 +9,9 @@ from sovcli.errors import InvalidNameError
 from sovcli.store.names import validate_file_name, validate_name, validate_tag
 
 MANIFEST_NAME = "manifest.json"
+OWNER_SEPARATOR = "@"
+"""Work directories under `partial/` are named `<lock key>@<uuid>`: the lock says if their
+owner still runs (see `sovcli.store.sweep`)."""
 
 
 def _inside(child: Path, root: Path) -> Path:
@@ -33,7 +36,28 @@ def partial_model_dir(name: str, tag: str) -> Path:
     validate_name(name)
     validate_tag(tag)
     root = paths.partial_dir()
-    return _inside(root / name.replace("/", "+") / tag, root)
+    return _inside(root / lock_key(name) / tag, root)
+
+
+def work_dir(kind: str, name: str, suffix: str = "") -> Path:
+    """A new, unique work path `partial/<kind>/<lock key>@<uuid><suffix>` for a writer of
+    `name` (who holds its lock): `.staging` for installs, `.bundle` for bundle imports."""
+    import uuid
+
+    unique = f"{lock_key(name)}{OWNER_SEPARATOR}{uuid.uuid4().hex}{suffix}"
+    return paths.partial_dir() / kind / unique
+
+
+def owner_of(entry_name: str) -> str | None:
+    """The model name whose lock guards a work directory named `<lock key>@...`, or None."""
+    key, sep, _rest = entry_name.partition(OWNER_SEPARATOR)
+    if not sep:
+        return None
+    name = key.replace("+", "/")
+    try:
+        return validate_name(name)
+    except InvalidNameError:
+        return None
 
 
 def file_in(directory: Path, relpath: str) -> Path:
@@ -42,7 +66,12 @@ def file_in(directory: Path, relpath: str) -> Path:
     return _inside(directory / relpath, directory)
 
 
+def lock_key(name: str) -> str:
+    """`name` as one path component ('/' -> '+'): its lock file and its `partial/` folder."""
+    validate_name(name)
+    return name.replace("/", "+")
+
+
 def lock_path(name: str) -> Path:
     """The lock file that serializes writes of one model name."""
-    validate_name(name)
-    return paths.locks_dir() / (name.replace("/", "+") + ".lock")
+    return paths.locks_dir() / (lock_key(name) + ".lock")

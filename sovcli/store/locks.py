@@ -30,6 +30,36 @@ def model_lock(path: Path, timeout: float = 3600.0) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def lock_if_free(path: Path) -> Iterator[bool]:
+    """Take the lock on `path` only if no process holds it now (never waits).
+
+    Yields True while holding it, False when a live process holds it (or it cannot be
+    opened). What a dead process held is free: that is how leftovers are told from work
+    in progress. Another descriptor of this same process counts as a holder.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            _acquire(fd, path, timeout=0.0)
+        except StoreError:
+            held = False
+        else:
+            held = True
+        try:
+            yield held
+        finally:
+            if held:
+                _release(fd)
+    finally:
+        os.close(fd)
+
+
 def _acquire(fd: int, path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     try:

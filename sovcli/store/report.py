@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sovcli.store.model import InstalledModel
+from sovcli.store.names import shard_group
+from sovcli.store.registry import BrokenModel
 
 
 def model_row(model: InstalledModel) -> dict[str, Any]:
-    """One installed model as `sovcli list --json` prints it."""
+    """One installed model as `sovcli list --json` prints it (`status` "ok")."""
     m = model.manifest
     return {
         "model": model.ref,
+        "status": "ok",
         "name": model.name,
         "tag": model.tag,
         "size": m.get("total_size"),
@@ -26,6 +30,34 @@ def model_row(model: InstalledModel) -> dict[str, Any]:
     }
 
 
+def broken_row(model: BrokenModel) -> dict[str, Any]:
+    """A broken model directory as `sovcli list --json` prints it: `status` "broken", the
+    reason in `error`, the other keys of `model_row` null."""
+    keys = ("size", "quantization", "architecture", "parameter_count", "context_length")
+    return {
+        "model": model.ref,
+        "status": "broken",
+        "error": model.reason,
+        "name": model.name,
+        "tag": model.tag,
+        **dict.fromkeys(keys),
+        "license": None,
+        "source": None,
+        "created_at": None,
+        "path": str(model.directory),
+    }
+
+
+def gguf_files(model: InstalledModel) -> list[Path]:
+    """The file llama.cpp loads and, for a split model, the other shards of that same model
+    (what `show` reads is exactly what `run` loads)."""
+    files = model.manifest.get("files")
+    if not files:
+        return [model.gguf_path]
+    group = shard_group(model.manifest["gguf"], {f["path"] for f in files})
+    return [model.directory / rel for rel in group]
+
+
 def show_report(model: InstalledModel) -> dict[str, Any]:
     """The GGUF header of every shard and the manifest: what `sovcli show --json` prints.
 
@@ -34,11 +66,7 @@ def show_report(model: InstalledModel) -> dict[str, Any]:
     """
     from sovcli.store.ggufmeta import read_metadata
 
-    shards = sorted(
-        f["path"] for f in model.manifest.get("files", []) if f["path"].endswith(".gguf")
-    )
-    gguf_files = [model.directory / p for p in shards] or [model.gguf_path]
-    meta = read_metadata(gguf_files)
+    meta = read_metadata(gguf_files(model))
     keys = meta.pop("metadata")
     return {
         "model": model.ref,

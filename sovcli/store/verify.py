@@ -12,8 +12,9 @@ from typing import Any
 from sovcli.errors import IntegrityError
 from sovcli.progress import NULL_PROGRESS, Progress
 from sovcli.store.hashing import sha256_file
-from sovcli.store.layout import file_in
+from sovcli.store.layout import MANIFEST_NAME, file_in
 from sovcli.store.model import InstalledModel
+from sovcli.store.registry import BrokenModel
 
 
 def verify(model: InstalledModel, progress: Progress | None = None) -> dict[str, Any]:
@@ -72,6 +73,12 @@ def verify_models(
 ) -> list[dict[str, Any]]:
     """One report per model: hashes for store models, structure for a file used in place."""
     return [verify(m, progress) if m.manifest.get("files") else verify_structure(m) for m in models]
+
+
+def broken_report(model: BrokenModel) -> dict[str, Any]:
+    """The verify report of a model whose manifest is missing or unreadable: a failure."""
+    entry = {"path": MANIFEST_NAME, "status": "unreadable", "error": model.reason}
+    return {"model": model.ref, "ok": False, "files": [entry]}
 
 
 def raise_on_failures(reports: list[dict[str, Any]]) -> None:

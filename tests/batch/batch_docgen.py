@@ -1,8 +1,10 @@
-"""Builders for the test folder: real minimal PDF, DOCX, e-mail and friends (no dependencies)."""
+"""Builders for the test folder: real minimal PDF, DOCX, e-mail and friends (no dependencies),
+and the hostile ones of issue 13 (a slow PDF, a DOCX flood, an e-mail with a 50k To:)."""
 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 
@@ -16,14 +18,21 @@ def make_pdf(lines: list[str]) -> bytes:
     for line in lines:
         ops.append(f"({_pdf_escape(line)}) Tj T*")
     ops.append("ET")
-    stream = "\n".join(ops).encode("latin-1")
+    return pdf_with_content("\n".join(ops).encode("latin-1"))
+
+
+def pdf_with_content(stream: bytes, *, deflate: bool = False) -> bytes:
+    """A one-page PDF (Helvetica as /F1) whose page content stream is `stream`."""
+    if deflate:
+        stream = zlib.compress(stream, 9)
+    flate = b" /Filter /FlateDecode" if deflate else b""
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
         b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Length %d%s >>\nstream\n" % (len(stream), flate) + stream + b"\nendstream",
     ]
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
@@ -42,10 +51,35 @@ def make_pdf(lines: list[str]) -> bytes:
     return bytes(out)
 
 
+def make_slow_pdf(operations: int = 250_000) -> bytes:
+    """A ~14 KB one-page PDF whose deflated content stream holds `operations` text moves.
+
+    Each `cm` + `Tj` pair is cheap to write and compresses to almost nothing, but pypdf's
+    text extraction spends 50-75 us on it: 250,000 of them keep it busy for 12-19 s (then
+    pypdf 7 gives up: too many tokens). A 2,000-page version would never end.
+    """
+    stream = b"BT /F1 12 Tf " + b"1 0 0 1 0 -1 cm (a) Tj " * operations + b"ET"
+    return pdf_with_content(stream, deflate=True)
+
+
+WORD_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
 def make_docx(paragraphs: list[str]) -> bytes:
     """A minimal valid .docx ([Content_Types].xml, _rels/.rels, word/document.xml)."""
-    import io
     from xml.sax.saxutils import escape
+
+    body = "".join(f"<w:p><w:r><w:t>{escape(p)}</w:t></w:r></w:p>" for p in paragraphs)
+    document = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        f'<w:document xmlns:w="{WORD_NS}"><w:body>{body}</w:body></w:document>'
+    )
+    return docx_with(document.encode("utf-8"))
+
+
+def docx_with(document_xml: bytes, compress: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A .docx whose word/document.xml is exactly `document_xml` (any bytes, any encoding)."""
+    import io
 
     content_types = (
         '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
@@ -62,18 +96,42 @@ def make_docx(paragraphs: list[str]) -> bytes:
         '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
         'relationships/officeDocument" Target="word/document.xml"/></Relationships>'
     )
-    body = "".join(f"<w:p><w:r><w:t>{escape(p)}</w:t></w:r></w:p>" for p in paragraphs)
-    document = (
-        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
-        '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
-        f"<w:body>{body}</w:body></w:document>"
-    )
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", compress) as archive:
         archive.writestr("[Content_Types].xml", content_types)
         archive.writestr("_rels/.rels", rels)
-        archive.writestr("word/document.xml", document)
+        archive.writestr("word/document.xml", document_xml)
     return buffer.getvalue()
+
+
+def make_flood_docx(xml_bytes: int, seed: int = 1) -> bytes:
+    """A .docx whose document.xml is `xml_bytes` of mostly empty runs, with a number now and
+    then (so it compresses ~60:1, under any ratio a zip-bomb check would use). Built as an
+    element tree, 60 MB of it took 1.1 GB; the file itself is ~1/60 of `xml_bytes`."""
+    import random
+
+    rnd = random.Random(seed)
+    parts = [f'<w:document xmlns:w="{WORD_NS}"><w:body><w:p>'.encode()]
+    size = 0
+    while size < xml_bytes:
+        piece = "".join(
+            f"<w:r><w:t>{rnd.randrange(100)}</w:t></w:r>" if rnd.random() < 0.02 else "<w:r/>"
+            for _ in range(5000)
+        ).encode()
+        parts.append(piece)
+        size += len(piece)
+    parts.append(b"</w:p></w:body></w:document>")
+    return docx_with(b"".join(parts))
+
+
+def hostile_email(to_pattern: str, to_chars: int = 50_000, body_lines: int = 900) -> bytes:
+    """A ~100 KB e-mail whose To: header is `to_pattern` repeated to `to_chars` characters."""
+    to = (to_pattern * (to_chars // len(to_pattern) + 1))[:to_chars]
+    body = "The quarterly report is attached; figures are final.\n" * body_lines
+    return (
+        f"From: Alice <alice@example.org>\nTo: {to}\nSubject: Report\n"
+        f"Date: Mon, 02 Mar 2026 09:12:00 +0100\n\n{body}"
+    ).encode("ascii")
 
 
 EMAIL = """From: Alice Martin <alice@example.org>

@@ -223,13 +223,16 @@ class _Weights:
         self.tensors[name] = (center + self.rng.standard_normal(size) * 0.1).astype(np.float32)
 
 
-def _base_config(arch: str, model_type: str, vocab: int, **extra: Any) -> dict[str, Any]:
+def _base_config(
+    arch: str, model_type: str, vocab: int, size: tuple[int, int, int], **extra: Any
+) -> dict[str, Any]:
+    hidden, ffn, layers = size
     config = {
         "architectures": [arch],
         "model_type": model_type,
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_hidden_layers": LAYERS,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
         "max_position_embeddings": CTX,
@@ -246,11 +249,23 @@ def _base_config(arch: str, model_type: str, vocab: int, **extra: Any) -> dict[s
     return config
 
 
-def build(kind: str, folder: Path, *, dtype: str = "F32", seed: int = 0) -> Path:
-    """Write the tiny checkpoint `kind` into `folder` and return it."""
+def build(
+    kind: str,
+    folder: Path,
+    *,
+    dtype: str = "F32",
+    seed: int = 0,
+    hidden: int = HIDDEN,
+    ffn: int = FFN,
+    layers: int = LAYERS,
+) -> Path:
+    """Write the tiny checkpoint `kind` into `folder` and return it.
+
+    `hidden`, `ffn` and `layers` make a bigger one (e.g. for a conversion that takes seconds).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     w = _Weights(seed)
-    head_dim = HEAD_DIM
+    head_dim = hidden // HEADS
     tok_config: dict[str, Any] = {}
 
     if kind in ("llama3", "qwen2", "qwen3", "ministral"):
@@ -341,29 +356,29 @@ def build(kind: str, folder: Path, *, dtype: str = "F32", seed: int = 0) -> Path
     if kind == "phi3":
         extra.update(original_max_position_embeddings=CTX, sliding_window=None, pad_token_id=0)
 
-    config = _base_config(arch, model_type, vocab, **extra)
+    config = _base_config(arch, model_type, vocab, (hidden, ffn, layers), **extra)
     if kind in ("gemma2", "gemma3"):
         config.pop("hidden_act", None)
 
     gemma = kind in ("gemma2", "gemma3")
     norm_center = 0.0 if gemma else 1.0
-    w.mat("model.embed_tokens.weight", vocab, HIDDEN, scale=0.5 if not gemma else 0.1)
-    w.norm("model.norm.weight", HIDDEN, norm_center)
+    w.mat("model.embed_tokens.weight", vocab, hidden, scale=0.5 if not gemma else 0.1)
+    w.norm("model.norm.weight", hidden, norm_center)
     if not config["tie_word_embeddings"]:
-        w.mat("lm_head.weight", vocab, HIDDEN, scale=0.3)
+        w.mat("lm_head.weight", vocab, hidden, scale=0.3)
     q_out, kv_out = HEADS * head_dim, KV_HEADS * head_dim
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"model.layers.{i}"
-        w.norm(f"{p}.input_layernorm.weight", HIDDEN, norm_center)
-        w.norm(f"{p}.post_attention_layernorm.weight", HIDDEN, norm_center)
+        w.norm(f"{p}.input_layernorm.weight", hidden, norm_center)
+        w.norm(f"{p}.post_attention_layernorm.weight", hidden, norm_center)
         if kind == "phi3":
-            w.mat(f"{p}.self_attn.qkv_proj.weight", q_out + 2 * kv_out, HIDDEN)
-            w.mat(f"{p}.mlp.gate_up_proj.weight", 2 * FFN, HIDDEN)
+            w.mat(f"{p}.self_attn.qkv_proj.weight", q_out + 2 * kv_out, hidden)
+            w.mat(f"{p}.mlp.gate_up_proj.weight", 2 * ffn, hidden)
         else:
-            w.mat(f"{p}.self_attn.q_proj.weight", q_out, HIDDEN)
-            w.mat(f"{p}.self_attn.k_proj.weight", kv_out, HIDDEN)
-            w.mat(f"{p}.self_attn.v_proj.weight", kv_out, HIDDEN)
-        w.mat(f"{p}.self_attn.o_proj.weight", HIDDEN, q_out)
+            w.mat(f"{p}.self_attn.q_proj.weight", q_out, hidden)
+            w.mat(f"{p}.self_attn.k_proj.weight", kv_out, hidden)
+            w.mat(f"{p}.self_attn.v_proj.weight", kv_out, hidden)
+        w.mat(f"{p}.self_attn.o_proj.weight", hidden, q_out)
         if kind == "qwen2":
             w.mat(f"{p}.self_attn.q_proj.bias", q_out, scale=0.05)
             w.mat(f"{p}.self_attn.k_proj.bias", kv_out, scale=0.05)
@@ -372,20 +387,20 @@ def build(kind: str, folder: Path, *, dtype: str = "F32", seed: int = 0) -> Path
             w.norm(f"{p}.self_attn.q_norm.weight", head_dim, norm_center)
             w.norm(f"{p}.self_attn.k_norm.weight", head_dim, norm_center)
         if gemma:
-            w.norm(f"{p}.pre_feedforward_layernorm.weight", HIDDEN, norm_center)
-            w.norm(f"{p}.post_feedforward_layernorm.weight", HIDDEN, norm_center)
+            w.norm(f"{p}.pre_feedforward_layernorm.weight", hidden, norm_center)
+            w.norm(f"{p}.post_feedforward_layernorm.weight", hidden, norm_center)
         if kind == "mixtral":
-            w.mat(f"{p}.block_sparse_moe.gate.weight", 4, HIDDEN, scale=0.5)
+            w.mat(f"{p}.block_sparse_moe.gate.weight", 4, hidden, scale=0.5)
             for e in range(4):
-                w.mat(f"{p}.block_sparse_moe.experts.{e}.w1.weight", FFN, HIDDEN)
-                w.mat(f"{p}.block_sparse_moe.experts.{e}.w2.weight", HIDDEN, FFN)
-                w.mat(f"{p}.block_sparse_moe.experts.{e}.w3.weight", FFN, HIDDEN)
+                w.mat(f"{p}.block_sparse_moe.experts.{e}.w1.weight", ffn, hidden)
+                w.mat(f"{p}.block_sparse_moe.experts.{e}.w2.weight", hidden, ffn)
+                w.mat(f"{p}.block_sparse_moe.experts.{e}.w3.weight", ffn, hidden)
         elif kind == "phi3":
-            w.mat(f"{p}.mlp.down_proj.weight", HIDDEN, FFN)
+            w.mat(f"{p}.mlp.down_proj.weight", hidden, ffn)
         else:
-            w.mat(f"{p}.mlp.gate_proj.weight", FFN, HIDDEN)
-            w.mat(f"{p}.mlp.up_proj.weight", FFN, HIDDEN)
-            w.mat(f"{p}.mlp.down_proj.weight", HIDDEN, FFN)
+            w.mat(f"{p}.mlp.gate_proj.weight", ffn, hidden)
+            w.mat(f"{p}.mlp.up_proj.weight", ffn, hidden)
+            w.mat(f"{p}.mlp.down_proj.weight", hidden, ffn)
     write_safetensors(folder / "model.safetensors", w.tensors, dtype)
     config["torch_dtype"] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -415,3 +430,27 @@ KINDS = (
     "gemma3",
     "phi3",
 )
+
+
+def shard(folder: Path, parts: int) -> list[str]:
+    """Split model.safetensors into `parts` HF-style shards plus model.safetensors.index.json
+    (tensors kept in file order, as transformers' save_pretrained does); return the names."""
+    from safetensors.numpy import load_file, save_file
+
+    single = folder / "model.safetensors"
+    tensors = load_file(str(single))
+    names = list(tensors)
+    per = -(-len(names) // parts)
+    weight_map: dict[str, str] = {}
+    files = []
+    for i in range(parts):
+        file = f"model-{i + 1:05d}-of-{parts:05d}.safetensors"
+        chunk = {name: tensors[name] for name in names[i * per : (i + 1) * per]}
+        save_file(chunk, str(folder / file))
+        weight_map.update(dict.fromkeys(chunk, file))
+        files.append(file)
+    single.unlink()
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}}
+    index["weight_map"] = weight_map
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return files

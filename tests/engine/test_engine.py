@@ -245,3 +245,15 @@ def test_bad_requests_raise_usage_errors(engine):
         GenerationRequest("x", sampling=SamplingParams(grammar="root ::= ("))
     )
     assert bad_grammar.finish_reason == "error"
+
+
+def test_text_that_is_not_valid_unicode_is_a_usage_error(engine):
+    """A lone surrogate (from a JSON escape or a mis-decoded file) is refused, not a crash."""
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        engine.tokenize("Hello \ud800 world")
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        engine.generate(GenerationRequest("Say \udcff", max_tokens=4))
+    assert engine.generate(GenerationRequest("Say hi", max_tokens=2)).finish_reason in (
+        "stop",
+        "length",
+    )

@@ -7,13 +7,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fake_engine import FakeEngineFactory
 from serve_helpers import (
     API_KEY,
+    FAKE,
+    FAKE_REPLIES,
     OTHER_KEY,
     TIERS,
     AppServer,
     launch,
     server_settings,
+    start_fake_server,
     wait_until,
 )
 
@@ -29,14 +33,38 @@ MAIN_SETTINGS = server_settings(
 )
 
 
+HOSTILE_SETTINGS = server_settings(
+    parallel=2,
+    ctx=1024,
+    limits=Limits(
+        max_body_bytes=8 * 1024 * 1024, max_tokens=256, header_timeout_s=1.0, body_timeout_s=1.0
+    ),
+    api_keys=(ApiKey("team-a", API_KEY),),
+    audit_log=Path("audit.jsonl"),
+    audit_content=True,
+)
+
+
 @pytest.fixture(scope="module", params=TIERS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """One server per module and tier."""
     return launch(request, MAIN_SETTINGS, tmp_path_factory.mktemp("serve"))
 
 
-@pytest.fixture
-def server_log(server, capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+@pytest.fixture(scope="module", params=TIERS)
+def hostile_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A server for hostile traffic: keys, content audit, 1 s header timeout, 8 MB bodies;
+    on the fake tier its tokenizer takes 0.4 s per MB of text, like a slow real one."""
+    workdir = tmp_path_factory.mktemp("serve-hostile")
+    if request.param != FAKE:
+        return launch(request, HOSTILE_SETTINGS, workdir)
+    factory = FakeEngineFactory(FAKE_REPLIES, n_embd=576, tokenize_s_per_mb=0.4)
+    server = start_fake_server(HOSTILE_SETTINGS, workdir, factory)
+    request.addfinalizer(server.stop)
+    return server
+
+
+def log_reader(server, capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
     """Reads the request log: the subprocess's stderr file, or (in-process) what this test
     captured on stderr so far."""
     if not isinstance(server, AppServer):
@@ -48,6 +76,18 @@ def server_log(server, capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
         return "".join(seen)
 
     return read
+
+
+@pytest.fixture
+def server_log(server, capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """The request log of `server`."""
+    return log_reader(server, capsys)
+
+
+@pytest.fixture
+def hostile_log(hostile_server, capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """The request log of `hostile_server`."""
+    return log_reader(hostile_server, capsys)
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)

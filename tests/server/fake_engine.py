@@ -164,6 +164,7 @@ class FakeEngine:
     n_parallel: int = 4
     n_embd: int = 64
     step_s: float = 0.001  # time per decode step
+    tokenize_s_per_mb: float = 0.0  # a deliberately slow tokenizer: seconds per MB of text
     name: str = "fake"
     requests: list[GenerationRequest] = field(default_factory=list)  # everything submitted
 
@@ -197,7 +198,9 @@ class FakeEngine:
 
     # ---- text <-> tokens ---------------------------------------------------------------
     def tokenize(self, text: str, **_options: Any) -> list[int]:
-        """One token per character."""
+        """One token per character (after `tokenize_s_per_mb` seconds per MB, if set)."""
+        if self.tokenize_s_per_mb:
+            time.sleep(len(text) / 1e6 * self.tokenize_s_per_mb)
         return [ord(ch) for ch in text]
 
     def detokenize(self, tokens: list[int]) -> str:

@@ -81,6 +81,11 @@ def cli_args(settings: ServerSettings, workdir: Path) -> list[str]:
         args.append(f"--audit-log={workdir / settings.audit_log}")
     if settings.audit_content:
         args.append("--audit-content")
+    if settings.audit_best_effort:
+        args.append("--audit-best-effort")
+    args += [f"--trusted-proxy={cidr}" for cidr in settings.trusted_proxies]
+    args.append(f"--header-timeout={limits.header_timeout_s}")
+    args.append(f"--max-connections={limits.max_connections}")
     return args
 
 
@@ -399,3 +404,48 @@ def wait_until(condition, timeout: float = 10, step: float = 0.01) -> bool:
             return False
         time.sleep(step)
     return True
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of an audit log (each line must be whole JSON)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def wait_for_records(path: Path, count: int, timeout: float = 10, **fields: Any) -> list[dict]:
+    """The records with these field values, once there are at least `count` of them."""
+
+    def matching() -> list[dict]:
+        return [r for r in audit_records(path) if all(r.get(k) == v for k, v in fields.items())]
+
+    wait_until(lambda: len(matching()) >= count, timeout=timeout)
+    return matching()
+
+
+def chat_body(model: str, content: str, **extra: Any) -> dict[str, Any]:
+    """A short greedy chat request."""
+    return {
+        "model": model,
+        "max_tokens": 8,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": content}],
+        **extra,
+    }
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def assert_still_serves(server: Any) -> None:
+    """A normal authenticated chat request still gets its answer."""
+    body = chat_body(server.model_id, "Say hi.")
+    assert request(server.url, "POST", "/v1/chat/completions", body, AUTH).status == 200

@@ -396,3 +396,15 @@ def test_lfs_redirect_to_cdn_drops_the_token(runner, hub, tiny_ggufs, monkeypatc
     assert len(cdn) == 1
     assert "Authorization" not in cdn[0] and "authorization" not in cdn[0]
     assert json.loads(result.stdout)["files"][0]["sha256"] == hub.sha256(repo, "tiny-Q4_K_M.gguf")
+
+
+def test_resume_note_keeps_the_whole_reason(runner, hub, tiny_ggufs) -> None:
+    """The note used to be cut at 80 characters, ending in "(received 15000000 )"."""
+    hub.add_repo("org/big-GGUF", {"big-Q4_K_M.gguf": tiny_ggufs["big"]})
+    hub.cut_once["big-Q4_K_M.gguf"] = 15_000_000
+    result = runner.invoke(app, ["pull", "hf:org/big-GGUF"])
+    assert result.exit_code == 0, result.output
+    notes = [ln for ln in result.stderr.splitlines() if "connection interrupted" in ln]
+    assert len(notes) == 1, result.stderr
+    size = tiny_ggufs["big"].stat().st_size
+    assert f"(received 15000000 bytes, expected {size})); resuming at" in notes[0], notes[0]

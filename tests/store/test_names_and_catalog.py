@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -165,3 +166,105 @@ def test_unknown_alias_suggests_close_names(runner) -> None:
     assert result.exit_code == 4
     assert "unknown model 'smollm2-135'" in result.stderr
     assert "smollm2-135m" in result.stderr  # the hint
+
+
+# --- issue #13, finding 12: names are matched whole (`$` accepted a trailing newline) ------
+
+
+@pytest.mark.parametrize("bad", ["smollm2\n", "smollm2\r", "smol\tlm", "smollm2\x1b[31m", "a\n/b"])
+def test_every_name_validator_refuses_control_characters(bad: str) -> None:
+    from sovcli.store.names import validate_file_name, validate_name, validate_tag
+
+    with pytest.raises(InvalidNameError):
+        validate_name(bad)
+    with pytest.raises(InvalidNameError):
+        validate_tag(bad)
+    with pytest.raises(InvalidNameError):
+        validate_file_name(bad + ".gguf")
+    with pytest.raises(InvalidNameError):
+        parse_ref(bad)
+    with pytest.raises(InvalidNameError):
+        parse_ref(f"x:{bad}")
+    with pytest.raises(InvalidNameError):
+        parse_ref(f"hf:org/{bad}")
+
+
+def test_name_with_a_trailing_newline_is_refused_by_the_cli(
+    runner, isolated_env: Path, smollm2_gguf: Path
+) -> None:
+    for args in (
+        ["import", str(smollm2_gguf), "--name", "smollm2\n"],
+        ["import", str(smollm2_gguf), "--name", "ok", "--tag", "Q4_1\n"],
+        ["show", "smollm2-135m\n"],
+        ["pull", "smollm2-135m:Q4_1\n"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "invalid model" in result.stderr and "\\n" in result.stderr
+    assert not (isolated_env / "models").exists()
+
+
+def test_shard_and_checkpoint_patterns_are_matched_whole() -> None:
+    from sovcli.store.names import shard_info
+
+    assert shard_info("m-00001-of-00002.gguf") == ("m", 1, 2)
+    assert shard_info("m-00001-of-00002.gguf\n") is None
+    assert quant_from_filename("m-Q8_0-00001-of-00002.gguf") == "Q8_0"
+
+
+# --- issue #13, finding 4: a catalog names packages and versions, never paths or options ---
+
+PYPI = (
+    '[models.x]\ndescription = "d"\ndefault_quant = "Q4_0"\n[[models.x.sources]]\n'
+    'kind = "pypi"\nmember = "x/m.gguf"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("package", "version", "key", "what"),
+    [
+        ("/path/to/dir", "1.0", "package", "invalid package name '/path/to/dir'"),
+        ("./x", "1.0", "package", "invalid package name"),
+        ("-e", "1.0", "package", "invalid package name '-e'"),
+        ("--index-url=http://evil", "1.0", "package", "invalid package name"),
+        ("git+https://evil.example/x.git", "1.0", "package", "invalid package name"),
+        ("pkg @ https://evil.example/x.whl", "1.0", "package", "invalid package name"),
+        ("pkg[extra]", "1.0", "package", "invalid package name"),
+        ("pkg\n", "1.0", "package", "invalid package name 'pkg\\n'"),
+        ("pkg", ">=1", "version", "invalid version '>=1'"),
+        ("pkg", "1.0; python_version>'3'", "version", "invalid version"),
+        ("pkg", "1.*", "version", "invalid version"),
+        ("pkg", "1.0 --extra-index-url http://evil", "version", "invalid version"),
+        ("pkg", "", "version", "missing"),
+        ("pkg", "1.0\n", "version", "invalid version '1.0\\n'"),
+    ],
+)
+def test_pypi_source_with_a_path_url_or_option_is_refused_on_load(
+    runner, tmp_path: Path, package: str, version: str, key: str, what: str
+) -> None:
+    user = tmp_path / "user-models.toml"
+    user.write_text(PYPI + f"package = {json.dumps(package)}\nversion = {json.dumps(version)}\n")
+    with pytest.raises(CatalogError) as err:
+        load_catalog()
+    assert str(user) in err.value.message
+    assert f"models.x.sources[0].{key}" in err.value.message and what in err.value.message
+    result = runner.invoke(app, ["pull", "x"])
+    assert result.exit_code == 3 and f"sources[0].{key}" in result.stderr
+
+
+def test_multi_part_source_parts_are_validated_too(tmp_path: Path) -> None:
+    (tmp_path / "user-models.toml").write_text(
+        '[models.x]\ndescription = "d"\ndefault_quant = "Q4_0"\n[[models.x.sources]]\n'
+        'kind = "pypi"\nsha256 = "' + "0" * 64 + '"\n'
+        'parts = [{ package = "/tmp/evil", version = "1.0", member = "m.gguf.part00" }]\n'
+    )
+    with pytest.raises(CatalogError, match=r"sources\[0\]\.parts\[0\]\.package"):
+        load_catalog()
+
+
+def test_hub_revision_is_a_name_not_a_path(tmp_path: Path) -> None:
+    (tmp_path / "user-models.toml").write_text(
+        SRC + 'kind = "hf"\nrepo = "a/b"\nrevision = "../../x"\n'
+    )
+    with pytest.raises(CatalogError, match=r"sources\[0\]\.revision"):
+        load_catalog()
