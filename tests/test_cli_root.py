@@ -93,6 +93,7 @@ def test_suggestions_prefer_prefixes_then_similar_names() -> None:
     assert suggest_options("--zzzz", known) == []
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_sampling_options_share_the_chat_ranges() -> None:
     result = _sovcli("run", "smollm2-135m", "hi", "--top-k", "-5")
     assert result.returncode == 2
@@ -112,6 +113,7 @@ def test_ctx_has_one_minimum_everywhere() -> None:
         assert f"x>={MIN_CTX}" in line, f"{command}: {line}"
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_no_command_function_is_over_60_lines() -> None:
     import ast
     from pathlib import Path

@@ -131,6 +131,7 @@ def test_layers_only_point_down() -> None:
         ("from sovcli.llamacpp import _on_log\n", "imports a private name of sovcli.llamacpp"),
     ],
 )
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_the_check_catches_upward_and_private_imports(
     tmp_path: Path, source: str, expected: str
 ) -> None:

@@ -39,6 +39,7 @@ def test_every_variable_is_listed_in_docs_configuration() -> None:
     assert not missing, f"docs/configuration.md does not list {missing}"
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_doctor_json_reports_the_settings_table_and_hides_secrets() -> None:
     result = _doctor("--json", HF_TOKEN="hf_secret_value_123", SOVCLI_DEBUG="0")
     assert result.returncode == 0, result.stderr
@@ -54,6 +55,7 @@ def test_doctor_json_reports_the_settings_table_and_hides_secrets() -> None:
 @pytest.mark.parametrize(
     ("value", "offline"), [("1", True), ("on", True), ("no", False), ("off", False)]
 )
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_doctor_reads_hf_hub_offline_through_settings(value: str, offline: bool) -> None:
     result = _doctor("--json", HF_HUB_OFFLINE=value)
     assert result.returncode == 0, result.stderr
@@ -132,6 +134,7 @@ def _env_reads(path: Path) -> list[tuple[int, str]]:
     return reads
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_only_settings_reads_sovcli_hub_and_pip_variables() -> None:
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):

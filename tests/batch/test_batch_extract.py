@@ -105,6 +105,7 @@ def test_docx_entity_tricks_are_refused(tmp_path: Path) -> None:
         extract_text(tmp_path / "lol.docx")
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_docx_zip_bomb_is_refused(tmp_path: Path) -> None:
     huge = b"<w:document>" + b" " * (80 * 1024 * 1024) + b"</w:document>"
     (tmp_path / "bomb.docx").write_bytes(docx_with(huge))
@@ -188,6 +189,7 @@ def test_utf16_docx_without_doctype_is_read(tmp_path: Path) -> None:
     assert extract_text(tmp_path / "u16.docx") == "Zürich branch"
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_docx_of_millions_of_elements_is_read_in_bounded_memory(tmp_path: Path) -> None:
     """Finding 7: a 1.67 MB DOCX took 1 GB as an element tree; streamed, memory stays small."""
     import tracemalloc

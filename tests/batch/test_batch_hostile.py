@@ -74,6 +74,7 @@ def _folder(tmp_path: Path, count: int = 4) -> Path:
 
 
 @pytest.mark.parametrize("parallel", ["1", "3"])
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_file_name_that_is_not_utf8_is_recorded_and_the_run_completes(
     tmp_path: Path, parallel: str
 ) -> None:
@@ -105,6 +106,7 @@ def test_a_file_name_that_is_not_utf8_is_recorded_and_the_run_completes(
         assert b"caf\\xe9.txt" in dry.stdout and b"Traceback" not in dry.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_lone_surrogate_from_the_endpoint_is_escaped_and_recorded(tmp_path: Path) -> None:
     docs = _folder(tmp_path, count=5)
     out = tmp_path / "out.jsonl"
@@ -126,6 +128,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_full_output_disk_stops_the_run_with_one_error_and_a_rerun_resumes(
     tmp_path: Path,
 ) -> None:
@@ -279,6 +282,7 @@ def test_a_backend_that_raises_records_the_error_for_that_document(tmp_path: Pat
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["env-proxy", "env-and---proxy"])
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_loopback_endpoint_is_reached_directly_never_through_a_proxy(
     tmp_path: Path, explicit: bool
 ) -> None:
@@ -320,6 +324,7 @@ def test_an_endpoint_off_the_machine_ignores_proxy_variables(
     assert dialled == [("10.0.0.5", 8080)]  # the endpoint itself, not the proxy
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_an_explicit_proxy_is_used_for_an_endpoint_off_the_machine() -> None:
     with serve("via the proxy") as proxy:
         backend = RemoteBackend("http://10.0.0.5:8080", "m", api_key="k", proxy=proxy.url)
@@ -328,6 +333,7 @@ def test_an_explicit_proxy_is_used_for_an_endpoint_off_the_machine() -> None:
     assert proxy.requests[0].target == "http://10.0.0.5:8080/v1/chat/completions"
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_redirect_is_not_followed_so_the_document_goes_nowhere_else() -> None:
     with serve() as elsewhere:
         moved = (302, b"{}", {"Location": f"{elsewhere.url}/v1/chat/completions"})
@@ -365,6 +371,7 @@ def _linked_folder(tmp_path: Path) -> Path:
     return docs
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_symlinks_out_of_the_folder_are_refused_and_never_read_or_sent(tmp_path: Path) -> None:
     docs = _linked_folder(tmp_path)
     out = tmp_path / "out.jsonl"
@@ -383,6 +390,7 @@ def test_symlinks_out_of_the_folder_are_refused_and_never_read_or_sent(tmp_path:
     assert b"passwd.txt: symbolic link to a file outside the folder" in result.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_follow_symlinks_reads_links_out_and_still_ends_on_loops(tmp_path: Path) -> None:
     docs = _linked_folder(tmp_path)
     base = docs.parent
@@ -413,6 +421,7 @@ def test_discover_without_follow_lists_refusals_and_respects_include(tmp_path: P
 # --- 11. one record per document ----------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_changing_a_parameter_replaces_the_record_rather_than_adding_one(tmp_path: Path) -> None:
     docs = _folder(tmp_path, count=3)
     out = tmp_path / "out.jsonl"
@@ -449,6 +458,7 @@ def test_duplicates_left_by_an_older_version_are_cleaned_up(tmp_path: Path) -> N
 # --- 12. formula injection in CSV reports -------------------------------------------------
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_batch_report_csv_neutralises_formulas(tmp_path: Path) -> None:
     docs = _folder(tmp_path, count=1)
     (docs / "=cmd.txt").write_text("a document whose name is a formula")

@@ -40,6 +40,7 @@ def _job(docs: Path, out: Path, **extra) -> BatchJob:
     )
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_batch_on_an_empty_folder_is_a_usage_error(tmp_path: Path) -> None:
     docs = tmp_path / "empty"
     (docs / ".hidden").mkdir(parents=True)

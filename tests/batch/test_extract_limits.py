@@ -50,6 +50,7 @@ def _pid_of_only_worker(pool: ExtractorPool) -> int:
     return pid
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_slow_pdf_times_out_and_its_worker_is_replaced(tmp_path: Path, pool) -> None:
     slow = tmp_path / "slow.pdf"
     slow.write_bytes(make_slow_pdf())
@@ -72,6 +73,7 @@ def test_a_slow_pdf_times_out_and_its_worker_is_replaced(tmp_path: Path, pool) -
     assert pool.started == 2
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_document_needing_too_much_memory_is_too_large(tmp_path: Path, pool) -> None:
     huge = tmp_path / "huge.txt"
     huge.write_bytes(HUGE_TEXT)
@@ -130,6 +132,7 @@ def test_a_csv_field_over_128_kb_is_read_in_a_fresh_worker(tmp_path: Path, pool)
     assert pool.extract(tmp_path / "big.csv", ExtractOptions()) == f"id | note\n1 | {big}"
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_worker_does_not_outlive_its_parent(tmp_path: Path) -> None:
     note = tmp_path / "note.txt"
     note.write_text("hello")
@@ -212,6 +215,7 @@ def _hostile_folder(docs: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_batch_records_timeout_too_large_and_refusals_and_goes_on(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     expected = _hostile_folder(docs)
@@ -243,6 +247,7 @@ def test_batch_records_timeout_too_large_and_refusals_and_goes_on(tmp_path: Path
     assert elapsed < 60  # the PDF alone would have taken ~12 s, the e-mail minutes
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_batch_encoding_option_reads_what_detection_refuses(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -169,6 +169,7 @@ def transformers_mod():
 
 @pytest.mark.reference
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_logits_match_transformers(kind: str, tiny_checkpoint, tiny_gguf, transformers_mod) -> None:
     import torch
     from llama_helpers import LlamaModel

@@ -359,6 +359,7 @@ def _assert_terminated(code: int, stderr: str, out: Path) -> None:
     assert _leftovers(out.parent) == []
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_sigterm_during_convert_leaves_no_temp_file(tiny_checkpoint, tmp_path) -> None:
     out = tmp_path / "out" / "m.gguf"
     out.parent.mkdir()

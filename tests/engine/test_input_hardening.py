@@ -170,6 +170,7 @@ def test_run_refuses_latin1_stdin_with_the_offset_and_an_iconv_hint(tmp_path: Pa
     _assert_usage_error(proc, "stdin is not UTF-8: byte 0xE9 at offset 3 (line 1)", "iconv")
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_run_refuses_a_piped_pdf_and_binary_data(tmp_path: Path) -> None:
     proc = _sovcli(["run", "no-such-model"], _pdf(), tmp_path)
     _assert_usage_error(proc, "stdin is not text (looks like a PDF)", "pdftotext")
@@ -182,6 +183,7 @@ def test_run_refuses_a_stdin_larger_than_any_context(tmp_path: Path) -> None:
     _assert_usage_error(proc, "stdin holds more than 32 MB")
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_run_refuses_an_argument_that_is_not_utf8(tmp_path: Path) -> None:
     proc = _sovcli(["run", "no-such-model", SURROGATE_ARG], None, tmp_path)
     _assert_usage_error(proc, "the prompt argument is not UTF-8: byte 0xED at offset 6")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import openai
+import pytest
 from serve_helpers import API_KEY
 
 PROMPTS = [
@@ -29,6 +30,7 @@ def _chat(client, model_id, prompt):
     )
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_eight_concurrent_streams_each_get_their_own_answer(server):
     model_id = server.model_id
     client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)

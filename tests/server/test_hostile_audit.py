@@ -175,6 +175,7 @@ def test_best_effort_serves_on_and_writes_the_records_later(tmp_path, capsys):
         server.stop()
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_full_disk_in_a_server_process_fails_requests_not_records(tmp_path):
     """A real file size limit (RLIMIT_FSIZE) on a server process: once the audit log hits
     it, every answer is a 503, and every 200 the client saw has its record."""

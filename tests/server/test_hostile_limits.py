@@ -164,6 +164,7 @@ def test_grammar_cache_is_bounded_in_bytes():
 
 
 # ---- the event loop stays free -----------------------------------------------------------
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_health_answers_while_a_huge_prompt_is_tokenized(tmp_path):
     """3.9 MB of prompt through a tokenizer taking 0.4 s per MB (a context of 2M tokens, so
     all of it is tokenized): /health is answered all along."""
@@ -214,6 +215,7 @@ def test_oversized_prompt_is_refused_without_tokenizing_it_all(hostile_server):
 
 
 # ---- connections -----------------------------------------------------------------------------
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_clients_trickling_headers_are_dropped_and_others_served(hostile_server):
     """60 clients send a header line every 0.3 s (forever): each is dropped once its 1 s
     header timeout passes; a normal client is served all along."""
@@ -268,6 +270,7 @@ def fresh_server(tmp_path: Path, **limits) -> AppServer:
     )
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_connection_cap_makes_room_for_a_real_request(tmp_path):
     server = fresh_server(tmp_path, max_connections=20, header_timeout_s=30)
     try:
@@ -292,6 +295,7 @@ def test_connection_cap_makes_room_for_a_real_request(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_slow_body_gets_408_and_big_headers_431(tmp_path):
     server = fresh_server(tmp_path, body_timeout_s=0.5)
     try:

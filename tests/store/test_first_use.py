@@ -104,6 +104,7 @@ def _list(*args: str, width: int) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_list_fits_80_columns(runner, hub, tiny_ggufs, tmp_path: Path) -> None:
     """A hub source and a deep local path, then a very long name: every line fits."""
     hub.add_repo("some-org/tiny-model-GGUF", {"model-Q4_K_M.gguf": tiny_ggufs["Q4_K_M"]})
@@ -133,6 +134,7 @@ def test_list_fits_80_columns(runner, hub, tiny_ggufs, tmp_path: Path) -> None:
     assert all(r["created_at"] and r["architecture"] == "llama" for r in rows)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(runner, hub, tiny_ggufs) -> None:
     hub.add_repo("org/big-GGUF", {"big-Q4_K_M.gguf": tiny_ggufs["big"]})
     result = runner.invoke(app, ["pull", "hf:org/big-GGUF"])
@@ -165,6 +167,7 @@ def test_import_verify_and_bundle_report_progress_in_a_pipe(
     assert re.search(r"verify big-Q4_K_M\.gguf: 24\.\d MB/24\.\d MB \(100%\)", result.stderr)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_library_calls_report_through_progress_and_print_nothing(
     hub: HubServer, tiny_ggufs, tmp_path: Path, monkeypatch, capfd
 ) -> None:

@@ -49,6 +49,7 @@ def test_a_valid_bundle_is_pulled_then_already_installed(
     assert not [p for p in (isolated_env / "partial").rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_member_that_inflates_past_its_manifest_size_is_refused_before_writing(
     tiny: Path, tmp_path: Path, isolated_env: Path
 ) -> None:
@@ -67,6 +68,7 @@ def test_member_that_inflates_past_its_manifest_size_is_refused_before_writing(
     assert_nothing_left(isolated_env)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_oversized_marker_is_never_read(tiny: Path, tmp_path: Path, isolated_env: Path) -> None:
     """A 0.1 MB bundle whose marker inflates to 64 MB: refused from its header alone."""
     marker = json.dumps({"format": FORMAT, "manifest": manifest_for(tiny)}).encode()
@@ -208,6 +210,7 @@ def test_bundle_claiming_a_catalog_alias_must_hold_the_pinned_file(
     assert pulled.exit_code == 5 and "already installed" not in pulled.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_failed_import_with_traversal_in_gguf_leaves_no_directory(
     tiny: Path, tmp_path: Path, isolated_env: Path
 ) -> None:
@@ -234,6 +237,7 @@ def test_a_file_listed_twice_or_a_hash_mismatch(
     assert_nothing_left(isolated_env)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_forged_catalog_model_already_in_the_store_is_not_already_installed(
     runner, tiny: Path, tmp_path: Path, isolated_env: Path, monkeypatch
 ) -> None:

@@ -18,6 +18,7 @@ from .hostile import (
 )
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_a_100k_deep_array_is_a_malformed_gguf_not_a_crash(
     runner, tmp_path: Path, isolated_env: Path
 ) -> None:

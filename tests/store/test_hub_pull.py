@@ -300,6 +300,7 @@ def test_killed_pull_registers_nothing_and_resumes(hub, tiny_ggufs, isolated_env
     )
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_pull_through_an_http_proxy(hub, tiny_ggufs, isolated_env: Path) -> None:
     """The hub host is only reachable through the proxy named in HTTP_PROXY."""
     _repo(hub, tiny_ggufs, "Q4_K_M")
@@ -332,6 +333,7 @@ def test_force_downloads_again(runner, hub, tiny_ggufs) -> None:
     assert hub.count("GET", "tiny-Q4_K_M.gguf") == 2
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_alias_falls_through_to_the_next_source(
     runner, hub, tiny_ggufs, tmp_path: Path, monkeypatch
 ) -> None:

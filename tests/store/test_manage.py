@@ -38,6 +38,7 @@ def test_local_path_is_used_in_place(smollm2_gguf: Path, isolated_env: Path) -> 
     assert not (isolated_env / "models").exists()
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_import_list_show_verify_rm(runner, gguf_copy: Path, isolated_env: Path) -> None:
     result = runner.invoke(app, ["import", str(gguf_copy), "--json"])
     assert result.exit_code == 0, result.output
@@ -75,6 +76,7 @@ def test_import_list_show_verify_rm(runner, gguf_copy: Path, isolated_env: Path)
     assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_verify_detects_a_flipped_byte_and_a_missing_file(runner, gguf_copy: Path) -> None:
     assert runner.invoke(app, ["import", str(gguf_copy), "--name", "victim"]).exit_code == 0
     model = find_installed("victim")
@@ -131,6 +133,7 @@ def test_list_available_and_show_metadata(runner, installed_smollm2) -> None:
     assert "llama.block_count = 30" in shown.stdout
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_pull_local_file_copies_it_into_the_store(
     runner, gguf_copy: Path, isolated_env: Path
 ) -> None:

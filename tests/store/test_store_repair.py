@@ -136,6 +136,7 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
+@pytest.mark.slow  # seconds, not milliseconds: kept out of the fast tier
 def test_leftovers_of_dead_processes_are_swept_live_ones_kept(
     runner, isolated_env: Path, tmp_path: Path
 ) -> None:
