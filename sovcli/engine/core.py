@@ -301,8 +301,20 @@ class Engine:
         return piece
 
     def detokenize(self, tokens: list[int]) -> str:
-        """The text of `tokens` (special tokens left out), invalid UTF-8 replaced."""
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+        """The text of `tokens` (special tokens left out), invalid UTF-8 replaced.
+
+        Ids outside the vocabulary are a UsageError: llama.cpp would abort the process.
+        """
+        pieces = (self._piece(t) for t in self._checked_ids(tokens))
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def _checked_ids(self, tokens: list[int]) -> list[int]:
+        """`tokens` as ints, or a UsageError naming the first id outside the vocabulary."""
+        ids = [int(t) for t in tokens]
+        bad = next((t for t in ids if not 0 <= t < self._n_vocab), None)
+        if bad is not None:
+            raise UsageError(f"token id {bad} is outside the vocabulary (0..{self._n_vocab - 1})")
+        return ids
 
     def render_chat(
         self,
@@ -332,12 +344,7 @@ class Engine:
                 request.prompt, add_special=add_bos, parse_special=request.parse_special
             )
         else:
-            tokens = [int(t) for t in request.prompt]
-            bad = [t for t in tokens if t < 0 or t >= self._n_vocab]
-            if bad:
-                raise UsageError(
-                    f"token id {bad[0]} is outside the vocabulary (0..{self._n_vocab - 1})"
-                )
+            tokens = self._checked_ids(request.prompt)
         return tokens
 
     # ------------------------------------------------------------------ requests

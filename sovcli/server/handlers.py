@@ -26,7 +26,7 @@ from sovcli.engine.types import (
     GenerationStream,
     TokenEvent,
 )
-from sovcli.errors import ContextOverflowError, SovcliError
+from sovcli.errors import ContextOverflowError, SovcliError, UsageError
 from sovcli.server.errors import (
     APIError,
     bad_request,
@@ -287,7 +287,7 @@ class Handlers:
         fmt = CompletionFormat(req.options.model or handle.id, req.options.logprobs_top)
         gen = self._generation(req.prompt, req.options, None, fmt.id)
         run = await self._submit(gen, handle, record, fmt, req.options)
-        if req.echo:  # token ids are detokenized only once the engine has checked them
+        if req.echo:
             fmt.echo = req.prompt if isinstance(req.prompt, str) else engine.detokenize(req.prompt)
         result = await self._respond(request, run)
         if not isinstance(result, GenerationResult):
@@ -584,17 +584,13 @@ def _render(
 
 def _embedding_texts(engine: EngineProtocol, req: EmbeddingRequest) -> tuple[list[str], int]:
     """The texts of the inputs and their token count (runs in a worker). Token ids outside
-    the vocabulary are a 400: llama.cpp would abort the whole process on them."""
-    n_vocab = engine.info.n_vocab
+    the vocabulary are a 400 (the engine refuses them: llama.cpp would abort the process)."""
+    texts = []
     for index, item in enumerate(req.inputs):
-        if isinstance(item, list):
-            bad = next((t for t in item if not 0 <= t < n_vocab), None)
-            if bad is not None:
-                raise bad_request(
-                    f"input[{index}]: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
-                    param="input",
-                )
-    texts = [t if isinstance(t, str) else engine.detokenize(t) for t in req.inputs]
+        try:
+            texts.append(item if isinstance(item, str) else engine.detokenize(item))
+        except UsageError as exc:
+            raise bad_request(f"input[{index}]: {exc.message}", param="input") from exc
     n_tokens = sum(len(t) if isinstance(t, list) else len(engine.tokenize(t)) for t in req.inputs)
     return texts, n_tokens
 

@@ -204,7 +204,8 @@ class FakeEngine:
         return [ord(ch) for ch in text]
 
     def detokenize(self, tokens: list[int]) -> str:
-        """The characters of `tokens`."""
+        """The characters of `tokens`; ids outside the vocabulary refused, as the engine does."""
+        _check_ids(tokens)
         return "".join(map(chr, tokens))
 
     def render_chat(self, messages: list[dict[str, Any]], **_options: Any) -> str:
@@ -219,9 +220,7 @@ class FakeEngine:
             raise UsageError("max_tokens must be >= 0")
         prompt = request.prompt
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        outside = [t for t in tokens if not 0 <= t < N_VOCAB]
-        if outside:
-            raise UsageError(f"token id {outside[0]} is outside the vocabulary (0..{N_VOCAB - 1})")
+        _check_ids(tokens)
         if not tokens:
             raise UsageError("the prompt is empty", hint="Give a prompt with at least one token.")
         if len(tokens) >= self.n_ctx:
@@ -352,3 +351,10 @@ class FakeEngineFactory:
         )
         self.engines[model.ref] = engine
         return engine
+
+
+def _check_ids(tokens: list[int]) -> None:
+    """A UsageError for the first id outside the vocabulary, worded as the engine words it."""
+    outside = [t for t in tokens if not 0 <= t < N_VOCAB]
+    if outside:
+        raise UsageError(f"token id {outside[0]} is outside the vocabulary (0..{N_VOCAB - 1})")

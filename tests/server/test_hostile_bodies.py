@@ -51,6 +51,18 @@ def test_structure_check_finds_what_the_parser_accepts():
     assert parse_json_body(b'{"t": "\\ud83d\\ude00"}')["t"] == "\U0001f600"
 
 
+@pytest.mark.parametrize("ids", [[1, 2, 1_000_000_000], [-5], [2**40]])
+def test_echoed_completion_of_token_ids_outside_the_vocabulary_is_a_400(hostile_server, ids):
+    """`echo` detokenizes the prompt's ids: the engine refuses bad ones, whatever the order."""
+    body = {"model": hostile_server.model_id, "prompt": ids, "echo": True, "max_tokens": 2}
+    reply = request(hostile_server.url, "POST", "/v1/completions", body, AUTH)
+    assert reply.status == 400
+    assert "outside the vocabulary" in reply.json()["error"]["message"]
+    if isinstance(hostile_server, ServerProcess):
+        assert hostile_server.process.poll() is None  # not aborted
+    assert_still_serves(hostile_server)
+
+
 @pytest.mark.parametrize("ids", [[1, 2, 1_000_000_000], [-5], [49152], [2**40]])
 def test_embedding_token_ids_outside_the_vocabulary_are_a_400(hostile_server, ids):
     model = hostile_server.model_id
