@@ -112,6 +112,35 @@ class ContextOverflowError(EngineError):
     default_hint = "Shorten the prompt, lower --max-tokens, or raise --ctx."
 
 
+class PolicyError(SovcliError):
+    """The site policy file is malformed: every command stops (fail closed)."""
+
+    exit_code = 12
+    http_status = 500
+    default_hint = (
+        "Fix the policy file named above (see docs/governance.md), or ask your site's "
+        "administrator; sovcli runs nothing while its policy cannot be read."
+    )
+
+
+class PolicyDenied(SovcliError):
+    """The site policy forbids this action (a rule named in the message)."""
+
+    exit_code = 11
+    http_status = 403
+    default_hint = "Run `sovcli policy check MODEL` to see what the site policy allows and why."
+
+
+class SignatureError(IntegrityError):
+    """A model signature is invalid, untrusted, or cannot be made."""
+
+
+class AuditError(StoreError):
+    """The audit trail cannot be written or read, or it fails verification."""
+
+    exit_code = 13
+
+
 class Cancelled(SovcliError):
     """The user interrupted the operation."""
 

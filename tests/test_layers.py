@@ -26,10 +26,10 @@ RANKS: dict[str, int] = {
     "sovcli.system": 3,
     "sovcli.store": 4,
     "sovcli.convert": 5,
+    "sovcli.governance": 5,  # signatures, policy, audit chain, ML-BOM: used by sources and up
     "sovcli.sources": 6,
     "sovcli.resolve": 7,
     "sovcli.engine": 7,
-    "sovcli.governance": 7,
     "sovcli.diagnostics": 8,
     "sovcli.server": 8,
     "sovcli.batch": 8,

@@ -162,11 +162,28 @@ def _register_commands() -> None:
     Each command module holds module-level command functions and a `COMMANDS` table
     (command name -> function); the function's docstring is its help, with an example.
     """
-    from sovcli.cli import batch, bench, convert, doctor, models, pull, run, serve
+    from sovcli.cli import (
+        audit,
+        batch,
+        bench,
+        convert,
+        doctor,
+        evidence,
+        models,
+        policy,
+        pull,
+        run,
+        serve,
+        sign,
+    )
 
-    for module in (pull, models, run, bench, doctor, convert, serve, batch):
+    modules = (pull, models, run, bench, doctor, convert, serve, batch)
+    for module in (*modules, sign, policy, audit, evidence):
         for name, function in module.COMMANDS.items():
             app.command(name, cls=SovcliCommand, no_args_is_help=name in NO_ARGS_IS_HELP)(function)
+        # Command groups (`sovcli audit verify`): a Typer app per group, same error mapping.
+        for name, group in getattr(module, "GROUPS", {}).items():
+            app.add_typer(group, name=name)
 
 
 _register_commands()

@@ -1,0 +1,19 @@
+"""The site policy. INTERFACE STUB: the policy helper fills it in.
+
+Actions: "pull", "import", "export", "run", "chat", "serve", "batch", "embed", "sign".
+"""
+
+from __future__ import annotations
+
+from sovcli.store.model import InstalledModel
+
+
+def enforce_use(model: InstalledModel, action: str) -> None:
+    """Raise PolicyDenied (after an audit record) if the policy forbids `action` on `model`."""
+    return None
+
+
+def enforce_source(kind: str, location: str, action: str = "pull") -> None:
+    """Raise PolicyDenied if the policy forbids fetching from `kind` ("hub", "mirror", "pypi",
+    "bundle", "file", "path") at `location`; also applies `network = "deny"` to network kinds."""
+    return None
