@@ -12,3 +12,8 @@ def audit_event(event: str, **fields: Any) -> dict[str, Any]:
     when the trail cannot be written (commands then stop: fail closed).
     """
     return {"event": event, **fields}
+
+
+def chain_summary(model_digest: str | None = None) -> dict[str, Any]:
+    """Head hash and record counts (for one model when `model_digest` is given)."""
+    return {}
