@@ -10,14 +10,22 @@ up, measured, and stopped. Prints each report and the ratios of aggregate genera
 growth (< 20 MiB between the end of a warm-up, a quarter of the soak or at most 60 s, and
 the end; the bounded prompt cache fills during the warm-up).
 
-Example:
+With --governance, only `sovcli serve` is measured: one server with the audit trail and a
+site policy on (every request a chain record, `SOVCLI_POLICY` naming a policy that allows
+the model) and one with both off (`SOVCLI_AUDIT=0`, no policy), side by side under the same
+load at the same time (on a shared machine, drift hits both alike); the ratio on/off of
+aggregate generated tokens/s (median of the rounds) must be >= 0.97.
+
+Examples:
   python scripts/compare_servers.py --threads 2 --clients 8 --duration 60 --rounds 3 --soak 600
+  python scripts/compare_servers.py --governance --threads 2 --clients 8 --duration 30 --rounds 4
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -25,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -146,6 +155,109 @@ def measure(label: str, process: subprocess.Popen, port: int, model: str, args):
         load.stop(process)
 
 
+GOVERNANCE_POLICY = """version = 1
+[models]
+allow = ["*"]
+[sources]
+network = "deny"
+"""
+
+
+@contextlib.contextmanager
+def governance(on: bool, logs: Path) -> Iterator[list[str]]:
+    """The environment (and `serve` arguments) of a run with the audit trail and a site
+    policy on, or with both off; the environment is restored afterwards."""
+    saved = {k: os.environ.get(k) for k in ("SOVCLI_AUDIT", "SOVCLI_AUDIT_DIR", "SOVCLI_POLICY")}
+    extra: list[str] = []
+    if on:
+        audit_dir = logs / "audit"
+        policy = logs / "policy.toml"
+        policy.write_text(GOVERNANCE_POLICY)
+        policy.chmod(0o644)
+        os.environ.update(
+            SOVCLI_AUDIT="1", SOVCLI_AUDIT_DIR=str(audit_dir), SOVCLI_POLICY=str(policy)
+        )
+        extra = [f"--audit-log={audit_dir / 'audit.jsonl'}"]
+    else:
+        os.environ["SOVCLI_AUDIT"] = "0"
+        os.environ.pop("SOVCLI_POLICY", None)
+    try:
+        yield extra
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_governed(model: str, args, logs: Path, on: bool) -> subprocess.Popen:
+    """`sovcli serve` with audit + policy on (port + 1) or off (port)."""
+    name = "audit-on" if on else "audit-off"
+    with governance(on, logs) as extra:
+        return load.start_sovcli(
+            model,
+            args.port + on,
+            args.parallel,
+            args.threads,
+            args.ctx,
+            logs / f"{name}.log",
+            [*args.sovcli_arg, *extra],
+        )
+
+
+async def _paired(model: str, args, pids: dict[str, int], warm_up: bool) -> list:
+    """One load per server, both at once: [(name, report)]."""
+    runs = [
+        load.run_load(
+            f"http://127.0.0.1:{args.port + on}",
+            model,
+            clients=args.clients,
+            duration_s=120 if warm_up else args.duration,
+            max_requests=args.clients if warm_up else args.max_requests,
+            max_tokens=16 if warm_up else args.max_tokens,
+            server_pid=pids[name],
+            label=f"sovcli serve, {name}" + (" (warm-up)" if warm_up else ""),
+        )
+        for on, name in ((False, "audit-off"), (True, "audit-on"))
+    ]
+    reports = await asyncio.gather(*runs)
+    return list(zip(("audit-off", "audit-on"), reports, strict=True))
+
+
+def measure_governance(model: str, args, logs: Path, round_no: int) -> list:
+    """Both servers at once, under the same load at the same moments: what the machine's
+    drift does to one it does to the other, so the ratio of one round is meaningful."""
+    off = start_governed(model, args, logs, on=False)
+    on = start_governed(model, args, logs, on=True)
+    pids = {"audit-off": off.pid, "audit-on": on.pid}
+    try:
+        asyncio.run(_paired(model, args, pids, warm_up=True))
+        return asyncio.run(_paired(model, args, pids, warm_up=False))
+    finally:
+        load.stop(off)
+        load.stop(on)
+
+
+def governance_verdict(runs: dict[str, list], rounds: int) -> bool:
+    """Print the on/off ratio (medians and per round); True when >= 0.97."""
+    on = statistics.median(r.generated_tokens_per_s for r in runs["audit-on"])
+    off = statistics.median(r.generated_tokens_per_s for r in runs["audit-off"])
+    per_round = ", ".join(
+        f"{a.generated_tokens_per_s / b.generated_tokens_per_s:.3f}"
+        for a, b in zip(runs["audit-on"], runs["audit-off"], strict=True)
+        if b.generated_tokens_per_s > 0
+    )
+    ratio = on / off if off > 0 else 0.0
+    ok = ratio >= 0.97 and not any(r.errors for rs in runs.values() for r in rs)
+    print(f"\naggregate generated tokens/s, same run (median of {rounds} round(s)):")
+    print(
+        f"  audit+policy on / off = {on:.1f} / {off:.1f} = {ratio:.3f}x (target >= 0.97x) "
+        f"{'ok' if ok else 'BELOW TARGET'}; per round: {per_round}"
+    )
+    return ok
+
+
 def measure_round(model: str, args, logs: Path) -> list:
     """One measurement of each server, one after another: [(name, report)]."""
     results = []
@@ -186,6 +298,11 @@ def main() -> int:
     )
     parser.add_argument("--json", metavar="FILE", help="also write all reports as JSON")
     parser.add_argument(
+        "--governance",
+        action="store_true",
+        help="measure sovcli serve with the audit trail and a site policy on vs off",
+    )
+    parser.add_argument(
         "--sovcli-arg",
         action="append",
         default=[],
@@ -207,9 +324,16 @@ def main() -> int:
     for round_no in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"\n--- round {round_no}/{args.rounds}")
-        for name, report in measure_round(model, args, logs):
+        measured = (
+            measure_governance(model, args, logs, round_no)
+            if args.governance
+            else measure_round(model, args, logs)
+        )
+        for name, report in measured:
             runs.setdefault(name, []).append(report)
             load.print_report(report)
+    if args.governance:
+        return 0 if governance_verdict(runs, args.rounds) else 1
 
     ok = True
     rates = {

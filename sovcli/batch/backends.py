@@ -9,9 +9,10 @@ a document at once and lets the engine decode them alongside the other workers' 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sovcli.errors import ContextOverflowError, SovcliError
@@ -53,6 +54,14 @@ class Completion:
     seconds: float
 
 
+def trim_cut(completion: Completion) -> Completion:
+    """An answer cut at --max-tokens may end in the middle of a UTF-8 character, which the
+    decoder turns into U+FFFD: that half character is dropped, never shown as garbage."""
+    if completion.finish_reason == "length" and completion.text.endswith("\ufffd"):
+        return replace(completion, text=completion.text.rstrip("\ufffd"))
+    return completion
+
+
 class BackendFailure(Exception):
     """A completion that failed; `kind` is 'input' (this document), 'engine' or 'network'."""
 
@@ -79,10 +88,14 @@ class LocalBackend:
 
     label = "local"
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, system: str | None = None) -> None:
         self.engine = engine
         self.n_ctx: int = int(engine.info.n_ctx)
         self._bos_text = engine.info.bos_token or None
+        # a created model's system prompt (`sovcli create`), sent before each document
+        self._head = [{"role": "system", "content": system}] if system else []
+        self._streams: set[Any] = set()  # in flight, for cancel_all
+        self._streams_lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
         """Exact token count of document text (no special tokens)."""
@@ -91,10 +104,11 @@ class LocalBackend:
     def prompt_tokens(self, job: PromptJob) -> list[int]:
         """The chat-formatted prompt as tokens, the document tokenized as plain text."""
         message = job.render(DOC_SENTINEL)
-        chat = self.engine.render_chat([{"role": "user", "content": message}])
+        chat = self.engine.render_chat([*self._head, {"role": "user", "content": message}])
         pieces = chat.split(DOC_SENTINEL)
         if len(pieces) == 1:  # the template rewrote the content; fall back to plain text
-            chat = self.engine.render_chat([{"role": "user", "content": job.render(job.text)}])
+            user = {"role": "user", "content": job.render(job.text)}
+            chat = self.engine.render_chat([*self._head, user])
             return self.engine.tokenize(chat, add_special=not self._has_bos(chat))
         doc_tokens = self.engine.tokenize(job.text, add_special=False, parse_special=False)
         tokens: list[int] = []
@@ -137,6 +151,8 @@ class LocalBackend:
                     sampling=sampling,
                 )
                 streams.append(self.engine.submit(request))
+                with self._streams_lock:
+                    self._streams.add(streams[-1])
             results = [stream.result() for stream in streams]
         except ContextOverflowError as exc:
             _cancel_all(streams)
@@ -147,21 +163,32 @@ class LocalBackend:
         except BaseException:
             _cancel_all(streams)
             raise
+        finally:
+            with self._streams_lock:
+                self._streams.difference_update(streams)
         elapsed = time.monotonic() - started
         completions = []
         for result in results:
             if result.finish_reason in ("error", "cancelled"):
                 raise BackendFailure("engine", result.error or f"generation {result.finish_reason}")
             completions.append(
-                Completion(
-                    text=result.text,
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    finish_reason=result.finish_reason,
-                    seconds=elapsed,
+                trim_cut(
+                    Completion(
+                        text=result.text,
+                        prompt_tokens=result.prompt_tokens,
+                        completion_tokens=result.completion_tokens,
+                        finish_reason=result.finish_reason,
+                        seconds=elapsed,
+                    )
                 )
             )
         return completions
+
+    def cancel_all(self) -> None:
+        """Cancel every generation in flight (Ctrl-C): their callers get "cancelled"."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        _cancel_all(streams)
 
 
 def _cancel_all(streams: list[Any]) -> None:

@@ -1,13 +1,16 @@
-"""Plain text out of documents: .txt .md .html .pdf (text layer) .docx .csv .eml.
+"""Plain text out of documents: .txt .md .html .pdf .docx .csv .eml .msg and images.
 
-`extract_text(path)` returns the text, or raises `ExtractionError` whose message is the
-per-document reason recorded in the journal (unsupported type, empty, binary, corrupt,
-encrypted, no text layer, unknown text encoding, too large). Only the stdlib and pypdf
-(imported lazily) are used. Text files are decoded by `sovcli.batch.textcodec` (BOM, UTF-8,
-then a guess among cp1252/cp1251/ISO-8859-2/Shift-JIS that refuses rather than produce
-mojibake); .docx is read by `sovcli.batch.docx_text`, .eml by `sovcli.batch.email_text`.
-Nothing here bounds time or memory: `sovcli.batch.isolate` runs this in a worker process
-with those limits.
+`extract_document(path, ...)` returns an `Extracted` (the text, and which pages were OCR'd
+by which engine); `extract_text(path)` just the text. Both raise `ExtractionError` whose
+message is the per-document reason recorded in the journal (unsupported type, empty,
+binary, corrupt, encrypted, unknown text encoding, too large), or its subclass `NeedsOCR`
+(status "needs_ocr") for a scan that cannot be OCR'd here (no engine, or --ocr never).
+Text files are decoded by `sovcli.batch.textcodec` (BOM, UTF-8, then a guess among
+cp1252/cp1251/ISO-8859-2/Shift-JIS that refuses rather than produce mojibake); PDFs are read
+by `sovcli.batch.pdf_text` (pypdfium2), pages without usable text and images are OCR'd by
+`sovcli.batch.ocr` (Tesseract); .docx by `sovcli.batch.docx_text`, .eml by
+`sovcli.batch.email_text`, .msg by `sovcli.batch.msg_text`. Nothing here bounds time or
+memory: `sovcli.batch.isolate` runs this in a worker process with those limits.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import io
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
 from sovcli.batch import textcodec
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".csv", ".eml")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+SUPPORTED_SUFFIXES = (
+    ".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".csv", ".eml", ".msg",
+    *IMAGE_SUFFIXES,
+)  # fmt: skip
 
 MAX_FILE_BYTES = 200 * 1024 * 1024  # a document bigger than this is refused
 CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)  # the csv module's limit is a C long
@@ -36,16 +44,61 @@ ENCODING_HINT = "re-run with --encoding NAME --retry-failed"
 class ExtractionError(Exception):
     """A document whose text cannot be extracted; the message is the recorded reason."""
 
+    status = "error"  # the status of the document's record
+
+
+class NeedsOCR(ExtractionError):
+    """A scan (or pages of one) that cannot be OCR'd here: no engine, or OCR turned off."""
+
+    status = "needs_ocr"
+
+
+@dataclass(frozen=True)
+class OcrOptions:
+    """When to OCR (`auto`: pages without usable text; `always`; `never`) and in which
+    Tesseract languages (None: those of eng, fra, deu that are installed)."""
+
+    mode: str = "auto"
+    lang: str | None = None
+
+
+@dataclass
+class Extracted:
+    """A document's text, and the pages that were OCR'd (1-based) with which engine."""
+
+    text: str
+    ocr_pages: list[int] = field(default_factory=list)
+    ocr_engine: str | None = None  # "tesseract 5.3.0"
+    ocr_lang: str | None = None  # "eng+fra+deu"
+    unread_pages: list[int] = field(default_factory=list)  # no text, OCR off (--ocr never)
+
+    def record_fields(self) -> dict[str, object]:
+        """What a batch record says about OCR (nothing when no page needed it)."""
+        fields: dict[str, object] = {}
+        if self.ocr_pages:
+            fields.update(
+                ocr_pages=self.ocr_pages, ocr_engine=self.ocr_engine, ocr_lang=self.ocr_lang
+            )
+        if self.unread_pages:
+            fields["unread_pages"] = self.unread_pages
+        return fields
+
 
 def extract_text(path: Path, encoding: str | None = None) -> str:
     """The text of the document at `path`, stripped; raises `ExtractionError` with a reason.
 
     `encoding` is used for text formats (.txt .md .html .csv) instead of detecting it; a
-    byte-order mark still wins.
+    byte-order mark still wins. Scans are OCR'd where needed (`OcrOptions()`).
     """
+    return extract_document(path, encoding).text
+
+
+def extract_document(
+    path: Path, encoding: str | None = None, ocr: OcrOptions | None = None
+) -> Extracted:
+    """The text of the document at `path` and how it was read; see `extract_text`."""
     suffix = path.suffix.lower()
-    extractor = _EXTRACTORS.get(suffix)
-    if extractor is None:
+    if suffix not in _EXTRACTORS and suffix not in _RICH:
         shown = suffix or "(no extension)"
         raise ExtractionError(f"unsupported file type {shown}")
     try:
@@ -60,10 +113,30 @@ def extract_text(path: Path, encoding: str | None = None) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise ExtractionError(f"cannot read file: {exc.strerror or exc}") from exc
-    text = _normalise(extractor(data, encoding))
-    if not text:
+    return extract_bytes(data, suffix, encoding, ocr)
+
+
+def extract_bytes(
+    data: bytes, suffix: str, encoding: str | None = None, ocr: OcrOptions | None = None
+) -> Extracted:
+    """The text of a document given as bytes, of the type its `suffix` (".pdf") names.
+
+    For the attachments of e-mails as for files; raises ExtractionError like `extract_text`.
+    """
+    rich = _RICH.get(suffix)
+    extractor = _EXTRACTORS.get(suffix)
+    if not data:
+        raise ExtractionError("empty file")
+    if rich is not None:
+        result = rich(data, encoding, ocr or OcrOptions())
+    elif extractor is not None:
+        result = Extracted(extractor(data, encoding))
+    else:
+        raise ExtractionError(f"unsupported file type {suffix or '(no extension)'}")
+    result.text = _normalise(result.text)
+    if not result.text:
         raise ExtractionError("empty document (no text)")
-    return text
+    return result
 
 
 def _normalise(text: str) -> str:
@@ -178,40 +251,19 @@ def _extract_html(data: bytes, encoding: str | None) -> str:
     return html_to_text(decode_text(data, encoding))
 
 
-# --- PDF --------------------------------------------------------------------------------
+# --- PDF and images (OCR where needed) ----------------------------------------------------
 
 
-def _extract_pdf(data: bytes, encoding: str | None) -> str:
-    import logging
+def _extract_pdf(data: bytes, encoding: str | None, ocr: OcrOptions) -> Extracted:
+    from sovcli.batch.paged import pdf_document
 
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    return pdf_document(data, ocr)
 
-    if not data.lstrip()[:5].startswith(b"%PDF"):
-        raise ExtractionError("corrupt PDF (no %PDF header)")
-    try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            try:
-                opened = reader.decrypt("")
-            except Exception as exc:
-                raise ExtractionError("encrypted PDF (cannot open)") from exc
-            if not opened:
-                raise ExtractionError("encrypted PDF (password required)")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except ExtractionError:
-        raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
-        raise ExtractionError(f"corrupt PDF: {short_reason(exc)}") from exc
-    except Exception as exc:  # pypdf raises many types on damaged files
-        raise ExtractionError(f"corrupt PDF: {type(exc).__name__}: {short_reason(exc)}") from exc
-    if not pages:
-        raise ExtractionError("corrupt PDF (no pages)")
-    text = "\n\n".join(page.strip() for page in pages)
-    if not text.strip():
-        raise ExtractionError("no extractable text (scanned?)")
-    return text
+
+def _extract_image(data: bytes, encoding: str | None, ocr: OcrOptions) -> Extracted:
+    from sovcli.batch.paged import image_document
+
+    return image_document(data, ocr)
 
 
 def short_reason(exc: BaseException) -> str:
@@ -228,10 +280,16 @@ def _extract_docx(data: bytes, encoding: str | None) -> str:
     return docx_text(data)
 
 
-def _extract_eml(data: bytes, encoding: str | None) -> str:
+def _extract_eml(data: bytes, encoding: str | None, ocr: OcrOptions) -> Extracted:
     from sovcli.batch.email_text import email_text
 
-    return email_text(data, encoding)
+    return Extracted(email_text(data, encoding, ocr))
+
+
+def _extract_msg(data: bytes, encoding: str | None, ocr: OcrOptions) -> Extracted:
+    from sovcli.batch.msg_text import msg_text
+
+    return Extracted(msg_text(data, encoding, ocr))
 
 
 # --- CSV --------------------------------------------------------------------------------
@@ -292,8 +350,12 @@ _EXTRACTORS: dict[str, Callable[[bytes, str | None], str]] = {
     ".markdown": _extract_plain,
     ".html": _extract_html,
     ".htm": _extract_html,
-    ".pdf": _extract_pdf,
     ".docx": _extract_docx,
     ".csv": _extract_csv,
+}
+_RICH: dict[str, Callable[[bytes, str | None, OcrOptions], Extracted]] = {
+    ".pdf": _extract_pdf,
     ".eml": _extract_eml,
+    ".msg": _extract_msg,
+    **{suffix: _extract_image for suffix in IMAGE_SUFFIXES},
 }

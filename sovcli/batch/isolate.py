@@ -4,14 +4,19 @@ A hostile document (a PDF content stream that takes minutes, an e-mail header th
 quadratic to parse, a zip bomb) must not stall or exhaust a batch run. `extract_isolated`
 hands the path to a worker process (`python -I` running `serve()`), which reads and
 extracts it under an address-space limit (RLIMIT_AS) and sends the text back over a pipe.
-The parent waits at most `timeout` seconds; a worker that takes longer is killed and
+The parent waits at most `timeout` seconds (for a scan, per OCR'd page: the worker reports
+each page done, which starts the limit again); a worker that takes longer is killed and
 replaced, a worker that runs out of memory (MemoryError, or killed by the kernel) is
 replaced; the document gets "timeout: ..." or "too large: ..." as its reason and the run
 goes on. Workers are reused across documents (one process per concurrent extraction, not
 one per document) and waiting for one releases the GIL, so generation goes on meanwhile.
 
+OCR (Tesseract, `sovcli.batch.ocr`) runs here too, as a child of the worker: under the same
+memory limit and timeout, beside generation, never in the engine's thread.
+
 Protocol: one JSON line per request on the worker's stdin; the answer is one JSON line
-(`{"ok": true, "size": N}` then N bytes of UTF-8 text, or `{"ok": false, "error": ...}`)
+(`{"ok": true, "size": N, "ocr_pages": [...], ...}` then N bytes of UTF-8 text, or
+`{"ok": false, "error": ..., "status": "error" | "needs_ocr"}`)
 on a private copy of its stdout. The worker exits on end of input, so it never outlives
 the parent by more than the document it is working on (and an alarm bounds that too).
 POSIX only (select on pipes, resource limits); elsewhere extraction runs in-process.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import select
@@ -33,7 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sovcli.batch.extract import MAX_FILE_BYTES, ExtractionError, extract_text, short_reason
+from sovcli.batch.extract import (
+    MAX_FILE_BYTES,
+    Extracted,
+    ExtractionError,
+    NeedsOCR,
+    OcrOptions,
+    extract_document,
+    short_reason,
+)
 
 DEFAULT_TIMEOUT = 120.0  # seconds per document
 DEFAULT_MEMORY = 1 << 30  # bytes of address space per worker
@@ -59,16 +73,27 @@ class ExtractOptions:
     memory: int = DEFAULT_MEMORY  # bytes of address space; beyond it, "too large"
     encoding: str | None = None  # for .txt/.md/.html/.csv (None: detect)
     isolate: bool = True  # False: in this process, without limits (measurements, tests)
+    ocr: str = "auto"  # auto | always | never (see sovcli.batch.paged)
+    ocr_lang: str | None = None  # Tesseract languages "eng+fra"; None: eng/fra/deu installed
+
+    @property
+    def ocr_options(self) -> OcrOptions:
+        """The OCR part of these options."""
+        return OcrOptions(mode=self.ocr, lang=self.ocr_lang)
 
 
 def extract_options(
     timeout: float = DEFAULT_TIMEOUT,
     memory_mib: int = DEFAULT_MEMORY >> 20,
     encoding: str | None = None,
+    ocr: str = "auto",
+    ocr_lang: str | None = None,
 ) -> ExtractOptions:
-    """ExtractOptions from command-line values (--doc-timeout, --doc-memory in MiB, --encoding).
+    """ExtractOptions from command-line values (--doc-timeout, --doc-memory in MiB, --encoding,
+    --ocr, --ocr-lang).
 
-    UsageError for a limit out of range or an encoding Python does not know.
+    UsageError for a limit out of range, an encoding Python does not know, an OCR mode that
+    does not exist or a language pack that Tesseract does not have.
     """
     from sovcli.batch.textcodec import check_encoding
     from sovcli.errors import UsageError
@@ -89,7 +114,29 @@ def extract_options(
             raise UsageError(
                 f"--encoding: {exc}", hint="e.g. --encoding cp1251, iso-8859-2, shift_jis, utf-16"
             ) from exc
-    return ExtractOptions(timeout=float(timeout), memory=memory_mib << 20, encoding=encoding)
+    mode, lang = _ocr_choice(ocr, ocr_lang)
+    return ExtractOptions(
+        timeout=float(timeout),
+        memory=memory_mib << 20,
+        encoding=encoding,
+        ocr=mode,
+        ocr_lang=lang,
+    )
+
+
+def _ocr_choice(mode: str, lang: str | None) -> tuple[str, str | None]:
+    """--ocr and --ocr-lang checked (UsageError)."""
+    from sovcli.batch.ocr import OCR_MODES, check_languages
+    from sovcli.errors import UsageError
+
+    if mode not in OCR_MODES:
+        raise UsageError(f"--ocr must be one of {', '.join(OCR_MODES)} (got '{mode}')")
+    if lang is not None:
+        try:
+            lang = check_languages(lang)
+        except ValueError as exc:
+            raise UsageError(f"--ocr-lang: {exc}", hint="e.g. --ocr-lang eng+fra+deu") from exc
+    return mode, lang
 
 
 class WorkerUnavailable(RuntimeError):
@@ -102,10 +149,15 @@ def extract_isolated(path: Path, options: ExtractOptions | None = None) -> str:
     Reasons specific to isolation: "timeout: ..." when the document took longer than
     `options.timeout`, "too large: ..." when it needed more memory than `options.memory`.
     """
+    return extract_isolated_document(path, options).text
+
+
+def extract_isolated_document(path: Path, options: ExtractOptions | None = None) -> Extracted:
+    """Like `extract_isolated`, with what the record says about OCR (`Extracted`)."""
     options = options or ExtractOptions()
     if not options.isolate or not SUPPORTED:
-        return extract_text(path, options.encoding)
-    return _shared_pool().extract(path, options)
+        return extract_document(path, options.encoding, options.ocr_options)
+    return _shared_pool().extract_document(path, options)
 
 
 # --- the parent side ----------------------------------------------------------------------
@@ -156,11 +208,13 @@ class _Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def extract(self, path: Path, options: ExtractOptions) -> str:
+    def extract(self, path: Path, options: ExtractOptions) -> Extracted:
         """Send one document; its text, or ExtractionError (the worker may then be dead)."""
         request = {
             "path": os.fsencode(os.path.abspath(path)).hex(),
             "encoding": options.encoding,
+            "ocr": options.ocr,
+            "ocr_lang": options.ocr_lang,
             "memory": options.memory,
             "alarm": int(options.timeout) + ALARM_GRACE,
         }
@@ -169,17 +223,21 @@ class _Worker:
             self.stdin.write(json.dumps(request).encode("ascii") + b"\n")
             self.stdin.flush()
             header = json.loads(self._read_line(deadline))
+            while header.get("page"):  # an OCR'd page done: the limit starts again
+                deadline = time.monotonic() + options.timeout
+                header = json.loads(self._read_line(deadline))
             if not header.get("ok"):
                 if header.get("fatal"):
                     self.kill()
                 if header.get("memory"):
                     raise ExtractionError(_memory_reason(options))
-                raise ExtractionError(str(header.get("error") or "extraction failed"))
+                error = NeedsOCR if header.get("status") == NeedsOCR.status else ExtractionError
+                raise error(str(header.get("error") or "extraction failed"))
             size = int(header["size"])
             if not 0 <= size <= MAX_TEXT_BYTES:
                 self.kill()
                 raise ExtractionError("too large: the extracted text is too long")
-            return self._read_text(size, deadline)
+            return _extracted(header, self._read_text(size, deadline))
         except _TimedOut:
             self.kill()
             raise ExtractionError(_timeout_reason(options)) from None
@@ -189,7 +247,9 @@ class _Worker:
     def _death_reason(self, options: ExtractOptions) -> str:
         self.kill()
         code = self.proc.returncode
-        if code == -signal.SIGKILL:  # the kernel's out-of-memory killer
+        if code in (-signal.SIGKILL, -signal.SIGABRT):
+            # SIGKILL: the kernel's out-of-memory killer; SIGABRT: C++ code (PDFium) that
+            # could not allocate under the address-space limit (std::bad_alloc -> abort)
             return _memory_reason(options)
         if code == -signal.SIGALRM:
             return _timeout_reason(options)
@@ -251,6 +311,23 @@ class _Worker:
         self.kill()
 
 
+def _extracted(header: dict[str, Any], text: str) -> Extracted:
+    """The worker's answer as an Extracted (page lists of ints only)."""
+
+    def pages(key: str) -> list[int]:
+        value = header.get(key) or []
+        return [int(n) for n in value] if isinstance(value, list) else []
+
+    engine, lang = header.get("ocr_engine"), header.get("ocr_lang")
+    return Extracted(
+        text,
+        ocr_pages=pages("ocr_pages"),
+        ocr_engine=str(engine) if engine else None,
+        ocr_lang=str(lang) if lang else None,
+        unread_pages=pages("unread_pages"),
+    )
+
+
 class _TimedOut(Exception):
     pass
 
@@ -275,7 +352,11 @@ class ExtractorPool:
         self.started = 0  # workers started so far (each replacement counts)
 
     def extract(self, path: Path, options: ExtractOptions) -> str:
-        """Extract `path` in a worker; see `extract_isolated`."""
+        """The text of `path`, extracted in a worker; see `extract_isolated`."""
+        return self.extract_document(path, options).text
+
+    def extract_document(self, path: Path, options: ExtractOptions) -> Extracted:
+        """Extract `path` in a worker; see `extract_isolated_document`."""
         with self._slots:
             worker = self._take()
             try:
@@ -345,6 +426,7 @@ def serve() -> None:
     import warnings
 
     from sovcli.batch.extract import allow_large_csv_fields
+    from sovcli.batch.ocr import set_page_hook
 
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints cannot corrupt the answers
@@ -357,7 +439,9 @@ def serve() -> None:
         line = requests.readline(MAX_REQUEST_BYTES)
         if not line:
             return
-        header, payload = _answer(json.loads(line))
+        request = json.loads(line)
+        set_page_hook(functools.partial(_page_done, answers, max(1, int(request["alarm"]))))
+        header, payload = _answer(request)
         _send(answers, header, payload)
         if header.get("fatal"):
             return
@@ -368,13 +452,22 @@ def _answer(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     path = Path(os.fsdecode(bytes.fromhex(request["path"])))
     _limit_memory(int(request["memory"]))
     signal.alarm(max(1, int(request["alarm"])))  # SIGALRM's default action ends the process
+    ocr = OcrOptions(mode=str(request.get("ocr") or "auto"), lang=request.get("ocr_lang"))
     try:
-        text = extract_text(path, request.get("encoding"))
-        payload = text.encode("utf-8", "surrogatepass")
-        del text
-        return {"ok": True, "size": len(payload)}, payload
+        result = extract_document(path, request.get("encoding"), ocr)
+        payload = result.text.encode("utf-8", "surrogatepass")
+        result.text = ""
+        header = {
+            "ok": True,
+            "size": len(payload),
+            "ocr_pages": result.ocr_pages,
+            "ocr_engine": result.ocr_engine,
+            "ocr_lang": result.ocr_lang,
+            "unread_pages": result.unread_pages,
+        }
+        return header, payload
     except ExtractionError as exc:
-        return {"ok": False, "error": str(exc)}, b""
+        return {"ok": False, "error": str(exc), "status": exc.status}, b""
     except MemoryError:
         return {"ok": False, "memory": True, "fatal": True}, b""
     except RecursionError:
@@ -384,6 +477,12 @@ def _answer(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         return {"ok": False, "error": reason}, b""
     finally:
         signal.alarm(0)
+
+
+def _page_done(answers: Any, alarm: int) -> None:
+    """An OCR'd page is done: tell the parent, and give the next page the full time."""
+    _send(answers, {"page": True})
+    signal.alarm(alarm)
 
 
 def _send(stream: Any, header: dict[str, Any], payload: bytes = b"") -> None:

@@ -108,6 +108,7 @@ class IndexedRecord:
     line_no: int
     status: str
     error_kind: str | None
+    key: RecordKey | None = None
 
     @property
     def retryable(self) -> bool:
@@ -273,6 +274,7 @@ class Journal:
             line_no=line_no,
             status=str(record.get("status")),
             error_kind=kind if isinstance(kind, str) else None,
+            key=key,
         )
         self.index[key] = indexed
         self.by_path.setdefault(key[0], []).append(indexed)

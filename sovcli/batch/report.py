@@ -19,7 +19,9 @@ from typing import Any
 from sovcli.batch.journal import iter_records, record_path
 from sovcli.errors import UsageError
 
-BASE_COLUMNS = ("path", "status", "chunks", "prompt_tokens", "completion_tokens", "seconds")
+BASE_COLUMNS = (
+    "path", "status", "finish", "chunks", "prompt_tokens", "completion_tokens", "seconds",
+)  # fmt: skip
 MARKDOWN_CELL_CHARS = 160
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
@@ -47,7 +49,7 @@ def _is_result(record: dict[str, Any]) -> bool:
     """A line written by `sovcli batch`: a document path, a status and a resume key."""
     return (
         isinstance(record.get("path"), str)
-        and record.get("status") in ("ok", "error")
+        and isinstance(record.get("status"), str)  # ok, truncated, error, needs_ocr
         and "params_sha256" in record
     )
 
@@ -83,6 +85,7 @@ def table_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
         row = [
             _cell(record.get("path")),
             _cell(record.get("status")),
+            _cell(record.get("finish_reason")),
             _cell(record.get("chunks")),
             _cell(tokens.get("prompt")),
             _cell(tokens.get("completion")),
@@ -124,8 +127,11 @@ def to_markdown(records: list[dict[str, Any]], title: str = "Batch results") -> 
     """A Markdown report: a counts line and one table row per document (outputs shortened)."""
     header, rows = table_rows(records)
     ok = sum(1 for r in records if r.get("status") == "ok")
-    failed = len(records) - ok
-    lines = [f"# {title}", "", f"{len(records)} documents: {ok} ok, {failed} failed.", ""]
+    truncated = sum(1 for r in records if r.get("status") == "truncated")
+    failed = len(records) - ok - truncated
+    cut = f"{truncated} truncated, " if truncated else ""
+    counts = f"{len(records)} documents: {ok} ok, {cut}{failed} failed."
+    lines = [f"# {title}", "", counts, ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for row in rows:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sovcli.batch.chunklog import ChunkLog, doc_id
 from sovcli.batch.journal import Journal
 from sovcli.batch.runner import (
     BatchJob,
@@ -42,7 +43,9 @@ def model_identity(
         return {"ref": ref, "remote": True}, None
     from sovcli.resolve import ensure_model, find_installed
 
-    installed = find_installed(ref) if dry_run else ensure_model(ref, progress=progress)
+    installed = (
+        find_installed(ref) if dry_run else ensure_model(ref, action="batch", progress=progress)
+    )
     if installed is None:  # dry run of a model not pulled yet
         return {"ref": ref}, None
     manifest_sha = getattr(installed, "manifest_sha256", None)
@@ -52,6 +55,16 @@ def model_identity(
 
         meta["file_sha256"] = sha256_file(Path(installed.gguf_path))
     return meta, installed
+
+
+def _ask_policy_about(endpoints: tuple[str, ...]) -> None:
+    """The site policy's `network = "deny"` refuses endpoints off this machine (PolicyDenied),
+    before a document is sent anywhere."""
+    from sovcli.batch.remote import is_loopback
+    from sovcli.governance.policy import enforce_network
+
+    for url in endpoints:
+        enforce_network(url, "batch", loopback=is_loopback(url))
 
 
 def no_documents_error(job: BatchJob) -> UsageError:
@@ -101,10 +114,18 @@ class BatchSession:
     progress: Progress = NULL_PROGRESS
     backends: list[Any] | None = None  # run on these (None: the local engine or the endpoints)
     notify: Callable[[str], None] = _ignore  # messages that must be seen (not progress)
+    ray: str | None = None  # --ray ADDRESS: run on the nodes of this Ray cluster ("auto")
     _task: ProgressTask | None = field(default=None, init=False, repr=False)
     _runner: BatchRunner | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _done: int = field(default=0, init=False, repr=False)
+
+    @property
+    def interrupted_counts(self) -> tuple[int, int]:
+        """After a stop: (documents recorded by this run, answers kept for the next run)."""
+        if self._runner is None:
+            return 0, 0
+        return self._runner.summary.processed, self._runner.kept_chunks
 
     def _prepare(self, *, dry_run: bool) -> None:
         """Refuse a folder without documents, then resolve the model (pulled unless dry run).
@@ -114,6 +135,8 @@ class BatchSession:
         job = self.job
         if not documents_of(job):
             raise no_documents_error(job)
+        if self.endpoints and not dry_run:
+            _ask_policy_about(self.endpoints)
         if self.model_ref is not None:
             remote = bool(self.endpoints)
             meta, self.installed = model_identity(
@@ -129,8 +152,9 @@ class BatchSession:
 
     def run(self) -> Summary:
         """Process every document not done yet; returns what the run did."""
+        if self.ray and self.endpoints:
+            raise UsageError("--ray and --endpoint do not go together", hint="Choose one.")
         self._prepare(dry_run=False)
-        engine = None
         with Journal.open(self.job.output) as journal:
             if journal.repaired_bytes:
                 self.notify(
@@ -145,24 +169,55 @@ class BatchSession:
                     "(changed documents or retried failures)"
                 )
             to_do = sum(1 for d in documents if d.state in ("todo", "redo"))
-            try:
-                if to_do == 0:  # nothing to do: load no model, call no server
-                    backends: list[Any] = [_IdleBackend()]
-                elif self.backends is not None:
-                    backends = self.backends
-                elif self.endpoints:
-                    backends = self._remote_backends()
-                else:
-                    engine, backends = self._local_backend()
-                return self._run(documents, backends, journal, to_do)
-            finally:
-                if engine is not None:
-                    engine.close()
+            if to_do and self.ray:
+                return self._run_on_ray(documents, journal, to_do)
+            return self._run_here(documents, journal, to_do)
 
-    def _run(
-        self, documents: list[Document], backends: list[Any], journal: Journal, to_do: int
-    ) -> Summary:
-        self._runner = BatchRunner(self.job, backends, journal, on_record=self._on_record)
+    def _run_here(self, documents: list[Document], journal: Journal, to_do: int) -> Summary:
+        """On this machine's engine, or the endpoints; long documents saved chunk by chunk."""
+        keep = {doc_id(d.key) for d in documents if d.state in ("todo", "redo")}
+        chunklog = ChunkLog.open(self.job.output, keep=keep)
+        engine = None
+        backends: list[Any] = []
+        try:
+            if to_do == 0:  # nothing to do: load no model, call no server
+                backends = [_IdleBackend()]
+            elif self.backends is not None:
+                backends = self.backends
+            elif self.endpoints:
+                backends = self._remote_backends()
+            else:
+                engine, backends = self._local_backend()
+            self._runner = BatchRunner(
+                self.job, backends, journal, on_record=self._on_record, chunklog=chunklog
+            )
+            return self._start(documents, to_do)
+        finally:
+            for backend in backends:  # nothing generates once the journal closes
+                cancel = getattr(backend, "cancel_all", None)
+                if cancel is not None:
+                    cancel()
+            chunklog.close(finished=self._runner.finished_ids if self._runner else None)
+            if engine is not None:
+                engine.close()
+
+    def _run_on_ray(self, documents: list[Document], journal: Journal, to_do: int) -> Summary:
+        """Across a Ray cluster: one engine per node, the records written here."""
+        from sovcli.batch.ray_backend import RayCluster, RayRunner
+
+        assert self.ray is not None
+        cluster = RayCluster.connect(
+            self.ray, self.job, self.installed, threads=self.threads, ctx=self.ctx,
+            progress=self.progress, notify=self.notify,
+        )  # fmt: skip
+        try:
+            self._runner = RayRunner(self.job, cluster, journal, on_record=self._on_record)
+            return self._start(documents, to_do)
+        finally:
+            cluster.close()
+
+    def _start(self, documents: list[Document], to_do: int) -> Summary:
+        assert self._runner is not None
         if to_do:
             done = len(documents) - to_do
             self.progress.note(
@@ -188,19 +243,23 @@ class BatchSession:
 
     def _local_backend(self) -> tuple[Any, list[Any]]:
         from sovcli.batch.backends import LocalBackend
+        from sovcli.engine.conversation import use_template
         from sovcli.engine.core import Engine
         from sovcli.engine.types import EngineConfig
+        from sovcli.store.preset import preset_of
 
         if self.installed is None:
             raise UsageError("no local model to run (internal: model_identity was not called)")
+        preset = preset_of(self.installed)  # a created model: system prompt, template, ctx
         config = EngineConfig(
             model_path=str(self.installed.gguf_path),
             n_parallel=self.job.parallel,
-            n_ctx=self.ctx,
+            n_ctx=self.ctx or (preset.parameters.get("ctx") if preset else None),
             n_threads=self.threads,
         )
         engine = Engine(config)
-        return engine, [LocalBackend(engine)]
+        use_template(engine, preset.template if preset else None)
+        return engine, [LocalBackend(engine, system=preset.system if preset else None)]
 
     def _remote_backends(self) -> list[Any]:
         """The endpoints that answer; NetworkError when none does."""

@@ -7,12 +7,22 @@ draws its progress and prints the summary as plain lines on stderr (never re-wra
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sovcli.cli.options import CtxOption, JsonOption, ModelArgument, QuietOption, ThreadsOption
+from sovcli.cli.options import (
+    CtxOption,
+    JsonOption,
+    ModelArgument,
+    OcrLangOption,
+    OcrOption,
+    QuietOption,
+    ThreadsOption,
+)
 from sovcli.engine.types import MIN_CTX
 from sovcli.errors import UsageError
 
@@ -21,17 +31,18 @@ if TYPE_CHECKING:
     from sovcli.batch.isolate import ExtractOptions
     from sovcli.batch.prompt import PromptTemplate
     from sovcli.batch.runner import Document, Summary
+    from sovcli.batch.session import BatchSession
 
 REPORT_FORMATS = ("csv", "md", "markdown")
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as cli/main.py answers Ctrl-C
 MAX_FAILURES_SHOWN = 20
 
 InputArgument = Annotated[
     Path,
     typer.Argument(
-        help="Folder of documents (read recursively).",
+        help="Folder of documents (read recursively), or a single document.",
         show_default=False,
         exists=True,
-        file_okay=False,
     ),
 ]
 OutputOption = Annotated[
@@ -102,6 +113,35 @@ FollowSymlinksOption = Annotated[
 RetryOption = Annotated[
     bool, typer.Option("--retry-failed", help="Redo documents that failed before.")
 ]
+
+
+def _check_retry(value: str | None) -> str | None:
+    from sovcli.batch.runner import RETRY_CHOICES
+
+    words = [w.strip() for w in (value or "").split(",") if w.strip()]
+    wrong = [w for w in words if w not in RETRY_CHOICES]
+    if wrong:
+        raise typer.BadParameter(f"unknown outcome '{wrong[0]}'; use {', '.join(RETRY_CHOICES)}")
+    return ",".join(words) or None
+
+
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Run across a Ray cluster: its head address (host:6379), or auto for the one "
+        "started on this machine; one engine per node (needs sovcli[ray], RAY_AUTH_MODE=token).",
+    ),
+]
+RetryOutcomes = Annotated[
+    str | None,
+    typer.Option(
+        "--retry",
+        callback=_check_retry,
+        help="Redo only the documents with these outcomes (truncated,failed), with this run's "
+        "options (e.g. a higher --max-tokens); the others are kept.",
+    ),
+]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="List what would be processed, run nothing.")
 ]
@@ -143,20 +183,16 @@ def batch_command(
     dry_run: DryRunOption = False, report_format: FormatOption = None,
     json_output: JsonOption = False, quiet: QuietOption = False, threads: ThreadsOption = None,
     doc_timeout: DocTimeout = 120.0, doc_memory: DocMemory = 1024, encoding: Encoding = None,
+    ocr: OcrOption = "auto", ocr_lang: OcrLangOption = None, retry: RetryOutcomes = None,
+    ray: RayOption = None,
 ) -> None:  # fmt: skip
-    """Run a model over every document in a folder; one JSON line per document.
+    """Run a model over every document in a folder (or one file); one JSON line each.
 
-    Reads .txt .md .html .pdf .docx .csv .eml recursively (hidden files skipped). A document
-    that cannot be read (scanned, corrupt, too slow, a link out of the folder...) is recorded
-    with its reason and the run goes on. Long documents are split into chunks.
-
-    Re-running the same command resumes: documents already done (same content, model, prompt
-    and parameters) are skipped, changed ones redone; a run killed at any moment loses nothing.
-    Exit code 1 when any document failed, 2 when the folder holds no documents, 8 when the
-    results file cannot be written (disk full; re-run to resume).
-
-    The prompt is a template: {text} is the document (appended if missing), {name} its file
-    name, {path} its path relative to the folder ({{name}} for a literal brace).
+    Reads .txt .md .html .pdf .docx .csv .eml .msg and images (OCR: --ocr), hidden files
+    skipped; a document that cannot be read is recorded with its reason. Long ones are chunked.
+    Re-running the same command resumes (a run killed at any moment loses nothing). Exit code
+    1 when a document failed, 2 with no documents, 8 when the results file cannot be written.
+    The prompt is a template: {text} is the document, {name} its file name, {path} its path.
 
     Examples:
 
@@ -167,6 +203,8 @@ def batch_command(
           --prompt-file extract.txt --schema kyc.schema.json
       sovcli batch smollm2-135m ./tickets -o tickets.jsonl --prompt "Classify: {text}" \\
           --endpoint http://10.0.0.5:8080 --endpoint http://10.0.0.6:8080 --dry-run
+      sovcli batch smollm2-135m ./archive -o archive.jsonl --ray 10.0.0.5:6379 \\
+          --max-tokens 1024 --retry truncated --prompt "Summarise {name}: {text}"
     """
     from sovcli.batch.runner import BatchJob
     from sovcli.batch.session import BatchSession
@@ -178,26 +216,44 @@ def batch_command(
         chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, parallel=parallel,
         context=remote_context if endpoint else ctx, include=tuple(include or ()),
         exclude=tuple(exclude or ()), retry_failed=retry_failed, follow_symlinks=follow_symlinks,
-        extract=_extract_options(doc_timeout, doc_memory, encoding),
+        retry=frozenset((retry or "").split(",")) - {""},
+        extract=_extract_options(doc_timeout, doc_memory, encoding, ocr, ocr_lang),
     )  # fmt: skip
     session = BatchSession(
         job, model_ref=model, endpoints=tuple(endpoint or ()), ctx=ctx, threads=threads,
-        api_key=api_key, remote_context=remote_context, proxy=proxy, notify=_err,
+        api_key=api_key, remote_context=remote_context, proxy=proxy, notify=_err, ray=ray,
     )  # fmt: skip
     if dry_run:
         _print_plan(session.plan(), json_output)
         return
-    with make_progress(quiet) as progress:
+    with make_progress(quiet) as progress, _running(session):
         session.progress = progress
         summary = session.run()
     _finish(summary, output, json_output, report_format)
 
 
-def _extract_options(timeout: float, memory_mib: int, encoding: str | None) -> ExtractOptions:
-    """--doc-timeout, --doc-memory and --encoding, checked (UsageError)."""
+@contextmanager
+def _running(session: BatchSession) -> Iterator[None]:
+    """Around the run: Ray's own messages (a node that died...) go to stderr, so stdout holds
+    only --json/--format output; Ctrl-C says what is saved (documents, chunks kept)."""
+    try:
+        with redirect_stdout(sys.stderr) if session.ray else nullcontext():
+            yield
+    except KeyboardInterrupt as exc:
+        saved, kept = session.interrupted_counts
+        _err(f"\ninterrupted: {saved} documents saved, {kept} chunks in progress kept")
+        if getattr(exc, "signum", None) is not None:  # SIGTERM/SIGHUP: the usual exit status
+            raise
+        raise typer.Exit(code=INTERRUPTED_EXIT) from None
+
+
+def _extract_options(
+    timeout: float, memory_mib: int, encoding: str | None, ocr: str, ocr_lang: str | None
+) -> ExtractOptions:
+    """--doc-timeout, --doc-memory, --encoding, --ocr and --ocr-lang, checked (UsageError)."""
     from sovcli.batch.isolate import extract_options
 
-    return extract_options(timeout, memory_mib, encoding)
+    return extract_options(timeout, memory_mib, encoding, ocr, ocr_lang)
 
 
 def _template(prompt: str | None, prompt_file: Path | None) -> PromptTemplate:
@@ -290,12 +346,18 @@ def summary_lines(summary: Summary, output: Path) -> list[str]:
     """The summary a run ends with, as plain lines."""
     rate = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
     failed_total = summary.failed + summary.failed_before
+    cut = f"{summary.truncated} truncated, " if summary.truncated else ""
     lines = [
         f"{summary.total} documents: {summary.ok + summary.skipped - summary.failed_before} ok, "
-        f"{failed_total} failed, {summary.skipped} already done; "
+        f"{cut}{failed_total} failed, {summary.skipped} already done; "
         f"{summary.completion_tokens:,} tokens generated in {summary.seconds:.1f} s "
         f"({rate:.1f} tok/s) -> {output}"
     ]
+    if summary.truncated:
+        lines.append(
+            f"{summary.truncated} answers cut at --max-tokens (status truncated): redo them "
+            "with --retry truncated --max-tokens N"
+        )
     if summary.not_processed:
         lines.append(
             f"{summary.not_processed} documents not processed: re-run the same command to resume"

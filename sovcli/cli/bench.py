@@ -78,7 +78,7 @@ def bench_command(
     from sovcli.engine.benchmark import run_bench
 
     levels = _parse_parallel(parallel)
-    installed = ensure_model(model)
+    installed = ensure_model(model, action="bench")
     with make_progress(quiet) as progress:
         report = run_bench(
             str(installed.gguf_path),

@@ -84,8 +84,16 @@ class SovcliCommand(TyperCommand):
     """A command whose unknown-option error names the closest real options."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from sovcli.cli.options import PAIR_METAVAR, join_pairs
+
+        pair_flags = {
+            opt
+            for p in self.params
+            if getattr(p, "metavar", None) == PAIR_METAVAR
+            for opt in p.opts
+        }
         try:
-            return super().parse_args(ctx, args)
+            return super().parse_args(ctx, join_pairs(args, pair_flags) if pair_flags else args)
         except Exception as exc:
             # click's NoSuchOption (a vendored copy in some typer versions): duck-typed.
             if type(exc).__name__ == "NoSuchOption" and hasattr(exc, "possibilities"):
@@ -97,6 +105,15 @@ class SovcliCommand(TyperCommand):
 
 class _SovcliGroup(TyperGroup):
     """Turns SovcliError (and Ctrl-C) into a one-line message and an exit code."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """Find the command; then fail closed if the site policy cannot be read (inside
+        `invoke`, so the PolicyError is reported like any other)."""
+        name, command, rest = super().resolve_command(ctx, args)
+        from sovcli.cli.policy import check_policy_readable
+
+        check_policy_readable(name)
+        return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -167,17 +184,20 @@ def _register_commands() -> None:
         batch,
         bench,
         convert,
+        create,
         doctor,
+        embed,
         evidence,
         models,
         policy,
         pull,
         run,
         serve,
+        server_ctl,
         sign,
     )
 
-    modules = (pull, models, run, bench, doctor, convert, serve, batch)
+    modules = (pull, models, create, run, embed, bench, doctor, convert, serve, server_ctl, batch)
     for module in (*modules, sign, policy, audit, evidence):
         for name, function in module.COMMANDS.items():
             app.command(name, cls=SovcliCommand, no_args_is_help=name in NO_ARGS_IS_HELP)(function)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from sovcli.cli.options import JsonOption, ModelArgument, QuietOption, YesOption
+from sovcli.cli.sign import TrustCaOption, TrustKeyOption, signature_line
 
 # --------------------------------------------------------------------------- formatting
 
@@ -221,6 +222,9 @@ def _print_verify(reports: list[dict[str, Any]]) -> None:
         for f in report["files"]:
             status = "ok" if f["status"] == "ok" else f"FAILED ({f['status']})"
             _say(f"{report['model']}  {f['path']}  {status}")
+        line = signature_line(report)
+        if line:
+            _say(line)
 
 
 # --------------------------------------------------------------------------- commands
@@ -321,6 +325,7 @@ def rm_command(model: ModelArgument, yes: YesOption = False) -> None:
     """
     from sovcli.cli.output import log
     from sovcli.errors import UsageError
+    from sovcli.governance.audit import audit_store_change, require_trail
     from sovcli.store.registry import remove
 
     sweep_store()
@@ -332,7 +337,9 @@ def rm_command(model: ModelArgument, yes: YesOption = False) -> None:
     if not yes and not _confirm(f"Remove {found.ref} {what}?"):
         log(f"nothing removed; {found.ref} is still installed")
         raise typer.Exit(1)
+    require_trail()  # fail closed: nothing changes in the store unrecorded
     remove(found.name, found.tag)
+    audit_store_change("rm", found)
     log(f"removed {found.ref}")
 
 
@@ -364,12 +371,15 @@ def import_command(
     """
     from sovcli.cli.output import log, print_json
     from sovcli.cli.progress import make_progress
+    from sovcli.governance.audit import audit_store_change, require_trail
     from sovcli.sources.local import import_gguf
     from sovcli.store.report import model_row
 
     sweep_store()
+    require_trail()
     with make_progress(quiet) as progress:
         model = import_gguf(path, name=name, tag=tag, progress=progress)
+    audit_store_change("import", model, path=str(path))
     if json_output:
         print_json(model_row(model) | {"files": model.manifest.get("files")})
         return
@@ -378,34 +388,47 @@ def import_command(
 
 
 def verify_command(
-    model: OptionalModelArgument = None, json_output: JsonOption = False, quiet: QuietOption = False
+    model: OptionalModelArgument = None,
+    key: TrustKeyOption = None,
+    ca: TrustCaOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Re-hash installed models against their manifests; exit non-zero on any problem.
+    """Re-hash installed models against their manifests and check their signatures;
+    exit non-zero on any problem.
 
     A model whose manifest is missing or unreadable fails. A .gguf outside the store has
-    no manifest: only its GGUF structure is checked.
+    no manifest: only its GGUF structure is checked. Signatures (model.sig) are reported ok,
+    absent, invalid or untrusted with their signer: checked against --key/--ca and the site
+    policy's trust anchors. An invalid one fails; with --key/--ca, so do absent or untrusted.
 
     \b
     Examples:
       sovcli verify
       sovcli verify smollm2-135m --json
+      sovcli verify smollm2-135m --key site-key.pub
+      sovcli verify --ca site-root-ca.crt
     """
     from sovcli.cli.output import print_json
     from sovcli.cli.progress import make_progress
+    from sovcli.cli.sign import add_signatures, raise_on_signatures, trust_anchors
     from sovcli.store.registry import BrokenModel, scan_store
     from sovcli.store.verify import broken_report, raise_on_failures, verify_models
 
     sweep_store()
+    anchors = trust_anchors(key, ca)
     installed, broken = scan_store() if model is None else ([_installed_or_broken(model)], [])
     broken += [m for m in installed if isinstance(m, BrokenModel)]
     models = [m for m in installed if not isinstance(m, BrokenModel)]
     with make_progress(quiet) as progress:
         reports = verify_models(models, progress) + [broken_report(b) for b in broken]
+        add_signatures(reports, models, anchors)
     if json_output:
         print_json(reports)
     else:
         _print_verify(reports)
     raise_on_failures(reports)
+    raise_on_signatures(reports, strict=bool(key or ca))
 
 
 def export_command(
@@ -432,7 +455,7 @@ def export_command(
     from sovcli.sources.bundle import export_bundle
 
     sweep_store()
-    found = require_installed(model)
+    found = require_installed(model, action="export")
     with make_progress(quiet) as progress:
         summary = export_bundle(found, output, progress=progress)
     if json_output:

@@ -54,34 +54,101 @@ def _checked(name: str):
 # Generation options of `run` and `chat`; the ranges are those `/set` enforces in a chat.
 SystemOption = Annotated[str | None, typer.Option("--system", help="System prompt.")]
 TemperatureOption = Annotated[
-    float,
+    float | None,
     typer.Option(
-        "--temperature", callback=_checked("temperature"), help="0 = greedy, reproducible."
+        "--temperature",
+        callback=_checked("temperature"),
+        help="0 = greedy, reproducible [default: 0.8].",
     ),
 ]
 TopPOption = Annotated[
-    float, typer.Option("--top-p", callback=_checked("top_p"), help="Nucleus sampling, (0, 1].")
+    float | None,
+    typer.Option(
+        "--top-p", callback=_checked("top_p"), help="Nucleus sampling, (0, 1] [default: 0.95]."
+    ),
 ]
 TopKOption = Annotated[
-    int, typer.Option("--top-k", callback=_checked("top_k"), help="0 = no top-k cut.")
+    int | None,
+    typer.Option("--top-k", callback=_checked("top_k"), help="0 = no top-k cut [default: 40]."),
 ]
 MinPOption = Annotated[
-    float, typer.Option("--min-p", callback=_checked("min_p"), help="Min-p sampling, [0, 1].")
+    float | None,
+    typer.Option(
+        "--min-p", callback=_checked("min_p"), help="Min-p sampling, [0, 1] [default: 0.05]."
+    ),
 ]
 RepeatPenaltyOption = Annotated[
-    float,
-    typer.Option("--repeat-penalty", callback=_checked("repeat_penalty"), help="1 = off."),
+    float | None,
+    typer.Option(
+        "--repeat-penalty", callback=_checked("repeat_penalty"), help="1 = off [default: 1]."
+    ),
 ]
 SeedOption = Annotated[
     int | None,
     typer.Option("--seed", callback=_checked("seed"), help="Fixed seed: reproducible."),
 ]
 MaxTokensOption = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--max-tokens",
         callback=_checked("max_tokens"),
-        help="Tokens per reply; 0 = until the context is full.",
+        help="Tokens per reply; 0 = until the context is full [default: run 512, chat 1024].",
     ),
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log.")]
+# Unset, these defaults give way to a created model's preset (`sovcli create`) and to `-o`.
+
+PAIR_METAVAR = "KEY VALUE"
+"""An option with this metavar takes two values each time (`-o temperature 0.2`). typer
+cannot declare that: `cli.main.SovcliCommand` joins the two into one `key=value` first."""
+
+
+def join_pairs(args: list[str], flags: set[str]) -> list[str]:
+    """`args` with each `-o KEY VALUE` as `-o KEY=VALUE` (a KEY=VALUE given as is is kept)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        out.append(arg)
+        i += 1
+        if arg == "--":
+            out += args[i:]
+            break
+        if arg in flags and i + 1 < len(args) and "=" not in args[i]:
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+    return out
+
+
+SettingPairsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-o",
+        "--option",
+        metavar=PAIR_METAVAR,
+        help="A setting, as llm's -o: temperature, top_p, top_k, min_p, seed, max_tokens, "
+        "repeat_penalty, presence_penalty, frequency_penalty or ctx (repeatable).",
+    ),
+]
+OptionalModelArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Model: catalog alias, name:tag, hf:org/repo or a .gguf path "
+        "(default: SOVCLI_DEFAULT_MODEL).",
+        show_default=False,
+    ),
+]
+OcrOption = Annotated[
+    str,
+    typer.Option(
+        "--ocr",
+        help="OCR scanned pages and images: auto (pages without usable text), always, never.",
+    ),
+]
+OcrLangOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ocr-lang",
+        help="Tesseract languages, e.g. eng+fra+deu (default: those of eng, fra, deu installed).",
+    ),
+]

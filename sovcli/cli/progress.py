@@ -274,12 +274,13 @@ def make_progress(quiet: bool = False) -> _Renderer:
     return PlainProgress()
 
 
-def ensure_model(ref: str, quiet: bool = False) -> Any:
-    """The installed model for `ref`, pulled first (with progress drawn) when it is missing."""
+def ensure_model(ref: str, quiet: bool = False, action: str = "run") -> Any:
+    """The installed model for `ref`, pulled first (with progress drawn) when it is missing,
+    once the site policy allows `action` on it (PolicyDenied otherwise)."""
     from sovcli.resolve import ensure_model as resolve_model
 
     with make_progress(quiet) as progress:
-        return resolve_model(ref, progress=progress)
+        return resolve_model(ref, action=action, progress=progress)
 
 
 class _Quiet(_Renderer):

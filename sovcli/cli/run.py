@@ -1,24 +1,38 @@
 """CLI: `sovcli run MODEL [PROMPT]` (one completion, streamed) and `sovcli chat MODEL` (a REPL).
 
 The chat's state and its /commands live in `sovcli.engine.chat_session`; this module reads
-lines, hands them over and prints what comes back.
+lines, hands them over and prints what comes back. Settings come from the flags, `-o KEY
+VALUE`, a created model's preset and the defaults, in that order
+(`chat_session.combine_settings`); `run` also takes documents (`-a`), an output format
+(`--format json`, `--schema`; see `cli.inputs`) and continues a conversation kept with
+`--save` (`-c`; `engine.conversation`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sovcli.cli.inputs import (
+    check_json_reply,
+    output_grammar,
+    pick_model,
+    read_attachment,
+    with_documents,
+)
 from sovcli.cli.options import (
     CtxOption,
     MaxTokensOption,
     MinPOption,
-    ModelArgument,
+    OptionalModelArgument,
     RepeatPenaltyOption,
     SeedOption,
+    SettingPairsOption,
     SystemOption,
     TemperatureOption,
     ThreadsOption,
@@ -27,12 +41,15 @@ from sovcli.cli.options import (
     VerboseOption,
 )
 from sovcli.errors import SovcliError, UsageError
-from sovcli.settings import debug_enabled
+from sovcli.settings import debug_enabled, flag
 
 if TYPE_CHECKING:
-    from sovcli.engine.chat_session import ChatSession
+    from sovcli.engine.chat_session import ChatSession, RunSettings
+    from sovcli.engine.conversation import SavedConversation
     from sovcli.engine.core import Engine
-    from sovcli.engine.types import GenerationResult, SamplingParams
+    from sovcli.engine.types import GenerationResult
+    from sovcli.store.model import InstalledModel
+    from sovcli.store.preset import Preset
 
 
 PromptArgument = Annotated[
@@ -41,41 +58,96 @@ PromptArgument = Annotated[
 StopOption = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable).")]
 RawOption = Annotated[bool, typer.Option("--raw", help="Send the prompt as is, no chat template.")]
 StatsOption = Annotated[bool, typer.Option("--stats", help="Print speed figures on stderr.")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option("--format", help='"json": the reply is one JSON object (a grammar ensures it).'),
+]
+SchemaOption = Annotated[
+    Path | None,
+    typer.Option("--schema", help="A JSON schema file: the reply is JSON valid against it."),
+]
+AttachOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--attach",
+        "-a",
+        help="A document (.pdf .docx .txt .html .eml ...) whose text goes in the prompt "
+        "(repeatable).",
+    ),
+]
+ContinueOption = Annotated[
+    bool,
+    typer.Option("--continue", "-c", help="Continue the last conversation kept with --save."),
+]
+SaveOption = Annotated[
+    bool,
+    typer.Option(
+        "--save", help="Keep this conversation for `run -c` (yours only, under SOVCLI_HOME)."
+    ),
+]
 
 
-def _open_engine(
-    model: str, ctx: int | None, threads: int | None, verbose: bool
-) -> tuple[Engine, str]:
-    """Resolve MODEL through the store (pulling if needed), load it; also its display name."""
+@dataclass
+class RunJob:
+    """What `sovcli run` was asked to do, as typed (checked before any model loads)."""
+
+    model: str | None
+    prompt: str | None
+    system: str | None
+    stop: list[str] | None
+    flags: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    grammar: str | None = None
+    schema: dict[str, Any] | None = None
+    attach: list[Path] = field(default_factory=list)
+    continuing: bool = False
+    save: bool = False
+    raw: bool = False
+    stats: bool = False
+    threads: int | None = None
+    verbose: bool = False
+
+
+def _setting_pairs(pairs: list[str] | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """`-o KEY VALUE` values (typer hands them over as "key=value") checked, and none of
+    them also given as a flag."""
+    from sovcli.engine.chat_session import check_given_once, parse_options
+
+    split = [pair.split("=", 1) for pair in pairs or []]
+    for item in split:
+        if len(item) != 2:
+            raise UsageError(f"-o {item[0]} needs a value", hint="-o KEY VALUE, e.g. -o top_k 20")
+    options = parse_options((key, value) for key, value in split)
+    check_given_once(flags, options)
+    return options
+
+
+def _resolve(ref: str, action: str) -> tuple[InstalledModel, Preset | None]:
+    """MODEL through the store (pulled if needed) and the site policy (`action`), and the
+    preset of a created model (None for any other)."""
     from sovcli.cli.progress import ensure_model
+    from sovcli.governance.audit import require_trail
+    from sovcli.store.preset import preset_of
+
+    installed = ensure_model(ref, action=action)
+    require_trail()  # fail closed: no answer unless its audit record can be written
+    return installed, preset_of(installed)
+
+
+def _load(
+    installed: InstalledModel, settings: RunSettings, threads: int | None, verbose: bool
+) -> Engine:
+    """Load the model with the context and chat template the settings ask for."""
+    from sovcli.engine.conversation import use_template
     from sovcli.engine.core import Engine
     from sovcli.engine.types import EngineConfig
 
-    installed = ensure_model(model)
     config = EngineConfig(
-        model_path=str(installed.gguf_path), n_ctx=ctx, n_threads=threads, verbose=verbose
+        model_path=str(installed.gguf_path), n_ctx=settings.ctx, n_threads=threads, verbose=verbose
     )
-    return Engine(config), installed.name
-
-
-def _sampling(
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    min_p: float,
-    seed: int | None,
-    repeat_penalty: float,
-) -> SamplingParams:
-    from sovcli.engine.types import SamplingParams
-
-    return SamplingParams(
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        seed=seed,
-        repeat_penalty=repeat_penalty,
-    )
+    engine = Engine(config)
+    use_template(engine, settings.template)
+    return engine
 
 
 def _write(text: str) -> None:
@@ -169,7 +241,7 @@ def _check_options(system: str | None, stop: list[str] | None = None) -> None:
         check_text(value, "--stop")
 
 
-def _argument_text(prompt: str) -> str:
+def argument_text(prompt: str) -> str:
     """A PROMPT argument as text: bytes that were not UTF-8 are refused like stdin's."""
     from sovcli.engine.chat_session import check_text
 
@@ -193,45 +265,51 @@ def _read_stdin() -> bytes:
     return data
 
 
-def _read_prompt(prompt: str | None) -> str | None:
+def read_prompt(prompt: str | None) -> str | None:
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         return decode_prompt(_read_stdin(), "stdin")
     if prompt is None:
         return None
-    return _argument_text(prompt)
+    return argument_text(prompt)
 
 
-def _complete(
-    engine: Engine, text: str, system: str | None, raw: bool, **request: Any
+def _generate(
+    engine: Engine, prompt: str, settings: RunSettings, grammar: str | None
 ) -> GenerationResult:
-    """Render the prompt (chat template unless `raw`) and stream the completion to stdout."""
+    """Stream the completion of a rendered `prompt` to stdout."""
     from sovcli.engine.chat_session import stream_text
     from sovcli.engine.types import GenerationRequest
 
-    if raw:
-        rendered = text
-    else:
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": text})
-        rendered = engine.render_chat(messages)
-    result = stream_text(engine.submit(GenerationRequest(rendered, **request)), _write)
+    request = GenerationRequest(
+        prompt,
+        max_tokens=settings.max_tokens,
+        sampling=settings.sampling(grammar),
+        stop=list(settings.stop),
+    )
+    result = stream_text(engine.submit(request), _write)
     if result.text and not result.text.endswith("\n"):
         _write("\n")
     return result
 
 
 def run_command(
-    model: ModelArgument,
+    model: OptionalModelArgument = None,
     prompt: PromptArgument = None,
     system: SystemOption = None,
-    temperature: TemperatureOption = 0.8,
-    top_p: TopPOption = 0.95,
-    top_k: TopKOption = 40,
-    min_p: MinPOption = 0.05,
-    repeat_penalty: RepeatPenaltyOption = 1.0,
+    temperature: TemperatureOption = None,
+    top_p: TopPOption = None,
+    top_k: TopKOption = None,
+    min_p: MinPOption = None,
+    repeat_penalty: RepeatPenaltyOption = None,
     seed: SeedOption = None,
-    max_tokens: MaxTokensOption = 512,
+    max_tokens: MaxTokensOption = None,
     stop: StopOption = None,
+    option: SettingPairsOption = None,
+    fmt: FormatOption = None,
+    schema: SchemaOption = None,
+    attach: AttachOption = None,
+    continue_: ContinueOption = False,
+    save: SaveOption = False,
     ctx: CtxOption = None,
     threads: ThreadsOption = None,
     raw: RawOption = False,
@@ -242,37 +320,124 @@ def run_command(
 
     The prompt comes from PROMPT, or from stdin when it is piped or PROMPT is "-".
     With no prompt on a terminal, it opens a chat. The model is pulled first if needed.
+    MODEL may be left out when SOVCLI_DEFAULT_MODEL is set. A created model's preset
+    (`sovcli create`) applies; flags and -o override it. Nothing is kept unless --save.
 
     Examples:
 
       sovcli run smollm2-135m "Name three primary colours." --temperature 0
 
-      echo "Summarise: ..." | sovcli run smollm2-135m --max-tokens 64 --stats
+      echo "Summarise: ..." | sovcli run smollm2-135m -o max_tokens 64 --stats
 
-      sovcli run ./model.gguf "Once upon a time" --seed 42 --stop "."
+      sovcli run smollm2-135m -a contract.pdf "Who are the parties?"
+
+      sovcli run smollm2-135m "List two colours" --schema colours.json
+
+      sovcli run smollm2-135m "Hello" --save && sovcli run -c "And in French?"
     """
     _check_options(system, stop)
-    text = _read_prompt(prompt)
-    sampling = _sampling(temperature, top_p, top_k, min_p, seed, repeat_penalty)
-    if text is None:  # a terminal and no prompt: chat
-        _chat(model, ctx, threads, verbose, sampling, max_tokens, system)
+    flags = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
+    flags |= {"repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens, "ctx": ctx}
+    grammar, schema_doc = output_grammar(fmt, schema)
+    job = RunJob(
+        model, prompt, system, stop, flags, _setting_pairs(option, flags), grammar,
+        schema_doc, list(attach or []), continue_, save or flag("SOVCLI_SAVE_CONVERSATIONS"),
+        raw, stats, threads, verbose,
+    )  # fmt: skip
+    if raw and (job.attach or continue_):
+        raise UsageError("--raw cannot be used with -a or -c (they need the chat template)")
+    _run(job)
+
+
+def _run(job: RunJob) -> None:
+    """Read the inputs, load the model, answer; keep the conversation if asked."""
+    from sovcli.engine.chat_session import combine_settings
+    from sovcli.engine.conversation import load_conversation
+    from sovcli.governance.audit import audit_answer
+
+    saved = load_conversation() if job.continuing else None
+    ref, prompt = pick_model(job.model, job.prompt, saved.model if saved else None)
+    text = read_prompt(prompt)
+    documents = [read_attachment(path) for path in job.attach]
+    if text is None and not documents and saved is None:  # a terminal and no prompt: chat
+        if job.grammar is not None:
+            raise UsageError("--format and --schema need a prompt", hint='sovcli run MODEL "..."')
+        _chat(ref, job.flags, job.options, job.system, job.threads, job.verbose, job.stop)
         return
-    if not text.strip():
+    if text is None or not text.strip():
         raise UsageError("the prompt is empty", hint='Give a prompt: sovcli run MODEL "..."')
-    engine, _name = _open_engine(model, ctx, threads, verbose)
+    installed, preset = _resolve(ref, "run")
+    settings = combine_settings(job.flags, job.options, preset, system=job.system, stop=job.stop)
+    engine = _load(installed, settings, job.threads, job.verbose)
     try:
-        result = _complete(
-            engine,
-            text,
-            system,
-            raw,
-            max_tokens=max_tokens or None,
-            sampling=sampling,
-            stop=stop or [],
-        )
+        if job.raw:
+            result = _generate(engine, text, settings, job.grammar)
+            messages: list[dict[str, Any]] = []
+        else:
+            messages = _messages(saved, job.system, settings.system, text, documents)
+            prompt_text, messages = _fit(engine, messages, settings, documents)
+            result = _generate(engine, prompt_text, settings, job.grammar)
     finally:
         engine.close()
-    if stats:
+    audit_answer("run", installed, result, engine=engine, prompt=messages or text,
+                 params=settings.sampling(job.grammar), max_tokens=settings.max_tokens,
+                 stop=list(settings.stop))  # fmt: skip
+    _finish(job, result, installed, messages)
+
+
+def _messages(
+    saved: SavedConversation | None,
+    flag_system: str | None,
+    system: str | None,
+    text: str,
+    documents: list[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """The conversation to send: a continued one's messages, the system prompt (--system
+    replaces a continued conversation's), the new user message with its documents."""
+    history = list(saved.messages) if saved else []
+    has_system = any(m["role"] == "system" for m in history)
+    if flag_system is not None or not has_system:
+        history = [m for m in history if m["role"] != "system"]
+        if system:
+            history.insert(0, {"role": "system", "content": system})
+    return [*history, {"role": "user", "content": with_documents(text, documents)}]
+
+
+def _fit(
+    engine: Engine,
+    messages: list[dict[str, Any]],
+    settings: RunSettings,
+    documents: list[tuple[str, str]],
+) -> tuple[str, list[dict[str, Any]]]:
+    """The rendered prompt; a continued conversation's oldest turns go when it outgrows the
+    context; documents that do not fit are a ContextOverflowError with a hint."""
+    from sovcli.engine.conversation import fit_messages
+    from sovcli.errors import ContextOverflowError
+
+    try:
+        kept, prompt, dropped = fit_messages(engine, messages, settings.max_tokens or 256)
+    except ContextOverflowError as exc:
+        if not documents:
+            raise
+        names = ", ".join(name for name, _text in documents)
+        raise ContextOverflowError(
+            f"{names} does not fit the context with the question: {exc.message}",
+            hint=f"Raise --ctx (the model was trained on {engine.info.n_ctx_train} tokens), or "
+            "use `sovcli batch FILE --prompt ...`, which splits long documents into chunks.",
+        ) from None
+    if dropped:
+        _note(f"(the oldest {dropped} message(s) were dropped to fit the context)")
+    return prompt, kept
+
+
+def _finish(
+    job: RunJob,
+    result: GenerationResult,
+    installed: InstalledModel,
+    messages: list[dict[str, Any]],
+) -> None:
+    """Stats, the conversation kept (when asked), and the exit status of a run."""
+    if job.stats:
         from sovcli.engine.chat_session import format_stats
 
         _note(format_stats(result))
@@ -280,18 +445,26 @@ def run_command(
         raise SovcliError(f"generation failed: {result.error}")
     if result.finish_reason == "cancelled":
         raise KeyboardInterrupt
+    if messages and (job.save or job.continuing):
+        from sovcli.engine.conversation import save_conversation
+
+        ref = installed.ref if installed.manifest.get("files") else str(installed.gguf_path)
+        save_conversation(ref, [*messages, {"role": "assistant", "content": result.text}])
+    if job.grammar is not None:
+        check_json_reply(result.text, job.schema, result.finish_reason)
 
 
 def chat_command(
-    model: ModelArgument,
+    model: OptionalModelArgument = None,
     system: SystemOption = None,
-    temperature: TemperatureOption = 0.8,
-    top_p: TopPOption = 0.95,
-    top_k: TopKOption = 40,
-    min_p: MinPOption = 0.05,
-    repeat_penalty: RepeatPenaltyOption = 1.0,
+    temperature: TemperatureOption = None,
+    top_p: TopPOption = None,
+    top_k: TopKOption = None,
+    min_p: MinPOption = None,
+    repeat_penalty: RepeatPenaltyOption = None,
     seed: SeedOption = None,
-    max_tokens: MaxTokensOption = 1024,
+    max_tokens: MaxTokensOption = None,
+    option: SettingPairsOption = None,
     ctx: CtxOption = None,
     threads: ThreadsOption = None,
     verbose: VerboseOption = False,
@@ -302,32 +475,50 @@ def chat_command(
     current reply and keeps the conversation; Ctrl-D (or /exit) quits. Type /help for the
     slash commands (/system /clear /save /load /set /stats). Input history is kept for the
     session only; nothing is written unless you /save. With stdin not a terminal, each line
-    is a message and no prompts are printed.
+    is a message and no prompts are printed. MODEL may be left out when
+    SOVCLI_DEFAULT_MODEL is set; a created model's preset applies (flags override it).
 
     Example:
 
-      sovcli chat smollm2-135m --system "You answer in one sentence."
+      sovcli chat smollm2-135m --system "You answer in one sentence." -o temperature 0.2
     """
     _check_options(system)
-    sampling = _sampling(temperature, top_p, top_k, min_p, seed, repeat_penalty)
-    _chat(model, ctx, threads, verbose, sampling, max_tokens, system)
+    flags = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
+    flags |= {"repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens, "ctx": ctx}
+    options = _setting_pairs(option, flags)
+    ref, _prompt = pick_model(model, None)
+    _chat(ref, flags, options, system, threads, verbose, None)
 
 
 def _chat(
-    model: str,
-    ctx: int | None,
+    ref: str,
+    flags: dict[str, Any],
+    options: dict[str, Any],
+    system: str | None,
     threads: int | None,
     verbose: bool,
-    sampling: SamplingParams,
-    max_tokens: int,
-    system: str | None,
+    stop: list[str] | None,
 ) -> None:
-    """Load MODEL and run the chat REPL until the user leaves."""
-    from sovcli.engine.chat_session import ChatSession
+    """Load the model and run the chat REPL until the user leaves."""
+    from sovcli.engine.chat_session import RUN_DEFAULTS, ChatSession, combine_settings
+    from sovcli.governance.audit import audit_answer
 
-    engine, name = _open_engine(model, ctx, threads, verbose)
+    installed, preset = _resolve(ref, "chat")
+    defaults = RUN_DEFAULTS | {"max_tokens": 1024}
+    settings = combine_settings(flags, options, preset, system=system, stop=stop, defaults=defaults)
+    engine = _load(installed, settings, threads, verbose)
     try:
-        session = ChatSession(engine, sampling, max_tokens or None, model_name=name, system=system)
+        session = ChatSession(
+            engine,
+            settings.sampling(),
+            settings.max_tokens,
+            model_name=installed.name,
+            system=settings.system,
+            stop=settings.stop,
+        )
+        session.on_answer = lambda result, conversation: audit_answer(
+            "chat", installed, result, engine=engine, prompt=conversation,
+            params=session.sampling, max_tokens=session.max_tokens, stop=session.stop)  # fmt: skip
         chat_loop(session, interactive=sys.stdin.isatty())
     finally:
         engine.close()

@@ -4,14 +4,17 @@ Front ends (the `sovcli chat` REPL) read a message, hand it to `ChatSession.repl
 `ChatSession.command`, and show what comes back: this module never prints. Replies stream
 through an `on_text` callback; command output comes back as a `CommandResult`.
 
-`SAMPLING_LIMITS` is the one table of ranges for the sampling settings: `/set` checks a
+`SAMPLING_LIMITS` (from `sovcli.store.preset`, where created models' presets are checked
+too) is the one table of ranges for the sampling settings: `/set` checks a
 value with `parse_setting` and the CLI's --temperature/--top-k/... options with
 `check_setting`, so both accept and refuse the same values with the same message.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from sovcli.engine.types import GenerationResult, SamplingParams
 from sovcli.errors import SovcliError, UsageError
+from sovcli.store.preset import PARAMETER_LIMITS, SAMPLING_LIMITS, number_text
 
 if TYPE_CHECKING:
     from sovcli.engine.core import Engine
+    from sovcli.store.preset import Preset
 
 CHAT_COMMANDS = """Commands:
   /help                 this list
@@ -39,47 +44,7 @@ Multi-line input: a line starting with \"\"\" opens a block, a line ending with 
 SAVE_FORMAT = "sovcli-chat/1"
 
 
-@dataclass(frozen=True)
-class Limit:
-    """The range of one setting: `low`/`high` (None: unbounded), `low` excluded if `open_low`."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-
-    def describe(self) -> str:
-        """The range in words, e.g. '> 0 and <= 1'."""
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.open_low else '>='} {_number(self.low)}")
-        if self.high is not None:
-            parts.append(f"<= {_number(self.high)}")
-        return " and ".join(parts)
-
-    def contains(self, value: float) -> bool:
-        """Whether `value` is in the range."""
-        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-SAMPLING_LIMITS: dict[str, Limit] = {
-    "temperature": Limit(float, 0.0),
-    "top_p": Limit(float, 0.0, 1.0, open_low=True),
-    "top_k": Limit(int, 0),
-    "min_p": Limit(float, 0.0, 1.0),
-    "seed": Limit(int, 0),
-    "repeat_penalty": Limit(float, 0.0, open_low=True),
-    "presence_penalty": Limit(float, -2.0, 2.0),
-    "frequency_penalty": Limit(float, -2.0, 2.0),
-    "max_tokens": Limit(int, 0),
-}
-"""What `/set` accepts and the CLI options check: one range per setting."""
+_number = number_text
 
 
 def range_problem(name: str, value: Any) -> str | None:
@@ -108,6 +73,112 @@ def parse_setting(name: str, raw: str) -> Any:
     if value != value:  # NaN
         raise UsageError(f"{name} takes a number, not {raw!r}")
     return check_setting(name, value)
+
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.05,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "seed": None,
+    "max_tokens": 512,
+    "ctx": None,
+}
+"""What `run` uses for a setting no flag, `-o` or preset gives (`chat`: max_tokens 1024)."""
+
+
+def parse_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """`-o KEY VALUE` pairs as settings, each checked against its range (UsageError).
+
+    KEY is a sampling setting (`/set`'s), or `ctx`; `-` and `_` are the same in it.
+    """
+    values: dict[str, Any] = {}
+    for key, raw in pairs:
+        name = key.strip().lower().replace("-", "_")
+        limit = PARAMETER_LIMITS.get(name)
+        if limit is None:
+            close = difflib.get_close_matches(name, list(PARAMETER_LIMITS), n=1)
+            raise UsageError(
+                f"-o {key}: unknown setting" + (f" (did you mean {close[0]}?)" if close else ""),
+                hint="-o takes " + ", ".join(PARAMETER_LIMITS) + ", e.g. -o temperature 0.2",
+            )
+        try:
+            value = limit.kind(raw.strip())
+        except ValueError:
+            raise UsageError(f"-o {name} takes {_kind_name(limit.kind)}, not {raw!r}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"-o {name} takes a finite number, not {raw!r}")
+        if not limit.contains(value):
+            raise UsageError(f"-o {name} must be {limit.describe()}, not {_number(value)}")
+        values[name] = value
+    return values
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run or a chat uses, once flags, `-o`, a created model's preset and the
+    defaults are combined (in that order of precedence)."""
+
+    values: dict[str, Any]  # every key of RUN_DEFAULTS
+    system: str | None = None
+    stop: tuple[str, ...] = ()
+    template: str | None = None  # a chat template replacing the GGUF's
+
+    def sampling(self, grammar: str | None = None) -> SamplingParams:
+        """The sampling parameters (with `grammar` constraining the output, if any)."""
+        keys = [k for k in SAMPLING_LIMITS if k != "max_tokens"]
+        return SamplingParams(**{k: self.values[k] for k in keys}, grammar=grammar)
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Tokens per reply (None: until the context is full)."""
+        return self.values["max_tokens"] or None
+
+    @property
+    def ctx(self) -> int | None:
+        """Context per sequence (None: the engine's default)."""
+        return self.values["ctx"]
+
+
+def check_given_once(flags: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The flags given (not None); UsageError for a setting also given with `-o`."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    twice = sorted(set(given) & set(options))
+    if twice:
+        flag = "--" + twice[0].replace("_", "-")
+        raise UsageError(f"{twice[0]} is given twice ({flag} and -o {twice[0]})")
+    return given
+
+
+def combine_settings(
+    flags: dict[str, Any],
+    options: dict[str, Any],
+    preset: Preset | None,
+    *,
+    system: str | None = None,
+    stop: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> RunSettings:
+    """Flags over `-o` options over the preset over `defaults` (RUN_DEFAULTS).
+
+    `flags` holds only the options given on the command line; a setting given both as a
+    flag and with `-o` is refused, as ambiguous.
+    """
+    given = check_given_once(flags, options)
+    values = {**(defaults or RUN_DEFAULTS)}
+    if preset is not None:
+        values.update(preset.parameters)
+    values.update(options)
+    values.update(given)
+    return RunSettings(
+        values=values,
+        system=system if system is not None else (preset.system if preset else None),
+        stop=tuple(stop) if stop else (preset.stop if preset else ()),
+        template=preset.template if preset else None,
+    )
 
 
 INVALID_TEXT_HINT = (
@@ -222,14 +293,18 @@ class ChatSession:
         *,
         model_name: str | None = None,
         system: str | None = None,
+        stop: Iterable[str] = (),
     ) -> None:
         self.engine = engine
+        self.stop = list(stop)
         self.sampling = sampling
         self.max_tokens = max_tokens
         self.model_name = model_name or engine.info.name
         self.system = system
         self.messages: list[dict[str, Any]] = []
         self.last: GenerationResult | None = None
+        # Called with each reply's result and the conversation it answered (the audit record).
+        self.on_answer: Callable[[GenerationResult, list[dict[str, Any]]], None] | None = None
 
     def conversation(self) -> list[dict[str, Any]]:
         """The messages sent to the model (system prompt first)."""
@@ -255,7 +330,9 @@ class ChatSession:
         try:
             kept, prompt, dropped = fit_messages(self.engine, self.conversation(), reserve)
             stream = self.engine.submit(
-                GenerationRequest(prompt, max_tokens=self.max_tokens, sampling=self.sampling)
+                GenerationRequest(
+                    prompt, max_tokens=self.max_tokens, sampling=self.sampling, stop=self.stop
+                )
             )
         except (SovcliError, KeyboardInterrupt):
             self.messages.pop()  # nothing was generated: forget the message
@@ -266,6 +343,8 @@ class ChatSession:
                 on_note(f"(the oldest {dropped} message(s) were dropped to fit the context)")
         result = stream_text(stream, on_text)
         self.last = result
+        if self.on_answer is not None:
+            self.on_answer(result, self.conversation())
         self.messages.append({"role": "assistant", "content": result.text})
         return Reply(result, dropped)
 

@@ -7,6 +7,8 @@ Finished sequences leave their tokens in the KV cache of their slot; a new reque
 idle slot sharing the longest prefix with its prompt and only the diverging tail is removed.
 With `prompt_cache_mib`, a slot's sequence is copied to RAM before its cells are reused, and
 a later prompt that shares more with a saved state than with any slot gets it copied back.
+A `reproducible` engine (the default) shapes its llama_decode calls so that a sequence's
+output does not depend on the others (sovcli/engine/reproducible.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from sovcli.engine import chat_template
 from sovcli.engine.prompt_cache import PromptCache, common_prefix
+from sovcli.engine.reproducible import MAX_DECODE_ROWS, MIN_PREFILL_ROWS, default_reproducible
 from sovcli.engine.stream import TokenStream, WakeBatch
 from sovcli.engine.textstream import TextAssembler
 from sovcli.engine.types import (
@@ -98,11 +101,14 @@ class _Job:
 class _Slot:
     """One sequence id of the context and the tokens its KV cells hold."""
 
-    __slots__ = ("cached", "job", "last_used", "seq_id")
+    __slots__ = ("cached", "job", "last_used", "prefilled", "seq_id")
 
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []
+        # How many leading cells were decoded as prompt rows (not sampled one at a time):
+        # in reproducible mode only those are reused for a later prompt's prefix.
+        self.prefilled = 0
         self.job: _Job | None = None
         self.last_used = 0.0
 
@@ -119,6 +125,10 @@ class Engine:
         self._embed_ctx: Any = None
         self._embed_lock = threading.Lock()
         self._closed = False
+        # Batch-invariant decoding (see sovcli/engine/reproducible.py).
+        self.reproducible = (
+            default_reproducible() if config.reproducible is None else config.reproducible
+        )
         if config.n_parallel < 1:
             raise UsageError("n_parallel must be at least 1")
         path = os.fspath(config.model_path)
@@ -132,6 +142,12 @@ class Engine:
         mparams.n_gpu_layers = n_gpu
         mparams.use_mmap = config.use_mmap
         mparams.use_mlock = config.use_mlock
+        if self.reproducible and hasattr(mparams, "use_extra_bufts"):
+            # Repacked weights (Q4_0, Q4_K, IQ4_NL... on AVX2/AVX-512/NEON) are multiplied by
+            # a GEMM kernel in groups of 4 rows and a GEMV kernel for the rest: a row's result
+            # then depends on how many other rows share the batch. Plain quantized weights use
+            # one dot-product kernel per row whatever the batch.
+            mparams.use_extra_bufts = False
         self._model = ll.llama_model_load_from_file(path.encode("utf-8"), mparams)
         if not self._model:
             raise EngineError(
@@ -153,7 +169,13 @@ class Engine:
         cparams.n_seq_max = config.n_parallel
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads_batch
-        if config.flash_attn is None:
+        if self.reproducible:
+            # CPU flash attention picks its kernel by batch shape (tiled for >= 64 query rows of
+            # a sequence, per-row below; split over threads for one lone sequence with >= 512
+            # KV cells): the same prompt gets other logits next to other sequences. Without it,
+            # every row takes the same kernels whatever shares the step.
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        elif config.flash_attn is None:
             cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_AUTO
         else:
             cparams.flash_attn_type = (
@@ -161,9 +183,9 @@ class Engine:
                 if config.flash_attn
                 else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
-        # One KV stream per sequence: a sequence's logits then do not depend on what else is
-        # in the batch (greedy output decoded together == decoded alone). A unified pool
-        # breaks that (llama.cpp's attention takes another path) and measured no faster once
+        # One KV stream per sequence: a sequence's attention reads only its own cells (with
+        # `reproducible`, its logits are then bitwise those it gets decoded alone). A unified
+        # pool makes attention take another path and measured no faster once
         # `_step` orders its batch by sequence id (0.99x against 1.01x of llama-server,
         # scripts/compare_servers.py, SmolLM2 Q4_1, 2 cores).
         cparams.kv_unified = False
@@ -178,6 +200,7 @@ class Engine:
         self._mem = ll.llama_get_memory(self._ctx)
         self.n_ctx = min(n_ctx_seq, ll.llama_n_ctx_seq(self._ctx))  # tokens per sequence
         self.n_batch = ll.llama_n_batch(self._ctx)
+        self.n_ubatch = ll.llama_n_ubatch(self._ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, config.n_parallel)
         self.info = self._read_info(path, n_ctx_train)
         self._add_bos = self.info.add_bos
@@ -417,6 +440,14 @@ class Engine:
             raise UsageError("logprobs must be between 0 and 20")
         if s.grammar is not None and not s.grammar.strip():
             raise UsageError("the grammar is empty")
+        for token, bias in (s.logit_bias or {}).items():
+            if not isinstance(token, int) or not 0 <= token < self._n_vocab:
+                raise UsageError(
+                    f"logit_bias: token id {token!r} is outside the vocabulary "
+                    f"(0..{self._n_vocab - 1})"
+                )
+            if not (isinstance(bias, (int, float)) and -100 <= bias <= 100):
+                raise UsageError(f"logit_bias: the bias of token {token} must be in [-100, 100]")
 
     def _on_cancel(self, stream: TokenStream) -> None:
         with self._cond:
@@ -486,15 +517,23 @@ class Engine:
         slot = job.slot
         assert slot is not None
         job.t_start = time.perf_counter()
-        limit = len(job.prompt) - 1  # the last prompt token is always decoded (for its logits)
+        # The last prompt token is always decoded (for its logits); in reproducible mode the
+        # last MIN_PREFILL_ROWS, so that no prompt chunk is shorter (see `_step`).
+        tail = MIN_PREFILL_ROWS if self.reproducible else 1
+        limit = max(len(job.prompt) - tail, 0)
         reuse = min(common_prefix(slot.cached, job.prompt), limit)
         if self.prompt_cache.enabled:
             reuse = self._use_prompt_cache(slot, job.prompt, reuse, limit)
+        if self.reproducible:
+            # A sampled token's cells were computed as a lone row per sequence; the same
+            # token as a prompt row meets other kernels: reuse only what was prefilled.
+            reuse = min(reuse, slot.prefilled)
         if reuse < len(slot.cached):
             if not ll.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1):
                 ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                 reuse = 0
             del slot.cached[reuse:]
+        slot.prefilled = min(slot.prefilled, reuse)
         job.n_cached = reuse
         job.pending = job.prompt[reuse:]
         try:
@@ -513,17 +552,18 @@ class Engine:
         """
         ll = self._ll
         cache = self.prompt_cache
+        keep = self._reusable(slot)
         if (
-            len(slot.cached) >= PROMPT_CACHE_MIN_TOKENS
+            len(keep) >= PROMPT_CACHE_MIN_TOKENS
             and reuse < len(slot.cached)
-            and not cache.covers(slot.cached)
+            and not cache.covers(keep)
         ):
             size = ll.llama_state_seq_get_size(self._ctx, slot.seq_id)
             if 0 < size <= cache.max_bytes:
                 buf = (ctypes.c_uint8 * size)()
                 written = ll.llama_state_seq_get_data(self._ctx, buf, size, slot.seq_id)
                 if written > 0:
-                    cache.put(slot.cached, ctypes.string_at(buf, written))
+                    cache.put(keep, ctypes.string_at(buf, written))
         entry, shared = cache.best(prompt)
         shared = min(shared, limit)
         if entry is None or shared < reuse + PROMPT_CACHE_MIN_GAIN:
@@ -533,14 +573,30 @@ class Engine:
         if ll.llama_state_seq_set_data(self._ctx, data, len(entry.data), slot.seq_id) == 0:
             ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             slot.cached.clear()
+            slot.prefilled = 0
             return 0
+        # The state may hold cells past the tokens kept for reuse (see `_reusable`).
+        ll.llama_memory_seq_rm(self._mem, slot.seq_id, len(entry.tokens), -1)
         slot.cached = list(entry.tokens)
+        slot.prefilled = len(entry.tokens)
         cache.use(entry, shared)
         return shared
+
+    def _reusable(self, slot: _Slot) -> list[int]:
+        """The tokens of `slot` a later prompt may reuse (reproducible: the prefilled ones)."""
+        return slot.cached[: slot.prefilled] if self.reproducible else slot.cached
 
     def _make_sampler(self, s: SamplingParams, prompt: list[int]) -> Any:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if s.logit_bias:
+            biases = (ll.llama_logit_bias * len(s.logit_bias))()
+            for entry, (token, bias) in zip(biases, sorted(s.logit_bias.items()), strict=True):
+                entry.token = token
+                entry.bias = -math.inf if bias <= -100 else bias  # -100 bans, as OpenAI's does
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_logit_bias(self._n_vocab, len(biases), biases)
+            )
         if s.grammar:
             grammar = ll.llama_sampler_init_grammar(
                 self._vocab, s.grammar.encode("utf-8"), s.grammar_root.encode("utf-8")
@@ -575,18 +631,37 @@ class Engine:
         return chain
 
     def _step(self) -> None:
-        """One llama_decode over every active sequence; then sample and stream."""
-        ll = self._ll
-        batch = self._batch
-        b_token, b_pos, b_nseq, b_seq, b_logits = (
-            batch.token,
-            batch.pos,
-            batch.n_seq_id,
-            batch.seq_id,
-            batch.logits,
-        )
-        # What each job feeds this step: 0 = its next sampled token; k > 0 = k prompt tokens.
-        # Sampled tokens come first, prompt chunks share the room left in the logical batch.
+        """One decode step over every active sequence; then sample and stream.
+
+        Normally one llama_decode holds every sequence's next token and prompt chunks in the
+        room left. llama.cpp's CPU kernels depend on the shape of the batch: a lone row, a few
+        rows, 8 rows or more each take another path (matrix-vector vs tiled products), so the
+        same prompt gets slightly different logits next to other requests and greedy output
+        parts at near ties. In reproducible mode each prompt chunk gets a call of its own, at
+        least `MIN_PREFILL_ROWS` long (or the whole, shorter, prompt), and the sampled
+        tokens (one row per sequence) go in calls of at most `MAX_DECODE_ROWS`: every
+        row then meets the same kernels whatever else is decoded.
+        """
+        plan = self._plan()
+        if not plan:
+            return
+        if self.reproducible:
+            sampled = [entry for entry in plan if entry[1] == 0]
+            size = MAX_DECODE_ROWS
+            groups = [sampled[i : i + size] for i in range(0, len(sampled), size)]
+            groups += [[entry] for entry in plan if entry[1] > 0]
+        else:
+            groups = [plan]
+        for group in groups:
+            if not self._decode(group):
+                break
+        self._wake.deliver()
+
+    def _plan(self) -> list[tuple[_Job, int]]:
+        """What each job feeds this step: 0 = its next sampled token; k > 0 = k prompt tokens.
+
+        Sampled tokens come first, prompt chunks share the room left in the logical batch.
+        """
         plan: list[tuple[_Job, int]] = []
         room = self.n_batch
         for job in list(self._active):
@@ -606,6 +681,8 @@ class Engine:
             if not job.pending or job.cancelled:
                 continue
             take = min(room, len(job.pending))
+            if self.reproducible:
+                take = self._chunk(len(job.pending))
             plan.append((job, take))
             room -= take
         # Tokens go in ascending sequence order. With one KV stream per sequence, llama.cpp
@@ -613,6 +690,27 @@ class Engine:
         # order (llama_batch_allocr::split_equal, sequential): out of order, one step would
         # become several graph computations, each reading every weight again.
         plan.sort(key=lambda entry: entry[0].slot.seq_id)
+        return plan
+
+    def _chunk(self, pending: int) -> int:
+        """A prompt chunk of one micro-batch at most, never leaving a last chunk shorter than
+        `MIN_PREFILL_ROWS`."""
+        take = min(pending, self.n_ubatch)
+        if 0 < pending - take < MIN_PREFILL_ROWS:
+            take = max(pending - MIN_PREFILL_ROWS, 1)
+        return take
+
+    def _decode(self, plan: list[tuple[_Job, int]]) -> bool:
+        """Decode `plan` in one llama_decode, then sample; False when llama_decode failed."""
+        ll = self._ll
+        batch = self._batch
+        b_token, b_pos, b_nseq, b_seq, b_logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
         n = 0
         for job, take in plan:
             slot = job.slot
@@ -640,8 +738,6 @@ class Engine:
             else:
                 job.batch_index = -1
             n += take
-        if n == 0:
-            return
         batch.n_tokens = n
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
@@ -649,14 +745,17 @@ class Engine:
                 slot = job.slot
                 ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                 slot.cached.clear()
+                slot.prefilled = 0
                 self._end(job, "error", error=f"llama_decode failed with code {rc}")
-            return
+            return False
         now = time.perf_counter()
         for job, count in plan:
             slot = job.slot
             if count == 0:
                 slot.cached.append(job.next_token)
             else:
+                if slot.prefilled == len(slot.cached):
+                    slot.prefilled += count
                 slot.cached.extend(job.pending[:count])
                 del job.pending[:count]
                 if job.pending:
@@ -665,7 +764,7 @@ class Engine:
             index = job.batch_index
             token = ll.llama_sampler_sample(job.sampler, self._ctx, index)
             self._accept(job, token, index)
-        self._wake.deliver()
+        return True
 
     def _accept(self, job: _Job, token: int, index: int) -> None:
         """Handle a sampled token: EOG, text, stop strings, limits."""

@@ -113,6 +113,62 @@ def _repetitions(node: dict[str, Any], where: str) -> int:
     return sum(counts)
 
 
+def _check_lists(node: dict[str, Any], where: str) -> None:
+    """`enum`, `anyOf`, `oneOf`, `allOf` and a `type` list must be non-empty lists: an empty
+    one admits nothing (an empty grammar rule)."""
+    for key in ("enum", "anyOf", "oneOf", "allOf"):
+        if key in node and (not isinstance(node[key], list) or not node[key]):
+            raise UsageError(
+                f"'{key}' at {where} must be a non-empty list",
+                hint="An empty list admits no value at all; remove it or list the values.",
+            )
+    kind = node.get("type")
+    if isinstance(kind, list) and not kind:
+        raise UsageError(f"'type' at {where} must not be an empty list")
+
+
+def _leading_refs(node: Any) -> list[str]:
+    """The `$ref`s a value of `node` may start with before any character is written
+    (through `$ref`, `anyOf`, `oneOf`): a cycle among them is a left-recursive grammar."""
+    found: list[str] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, dict):
+            continue
+        ref = current.get("$ref")
+        if isinstance(ref, str):
+            found.append(ref)
+            continue
+        for key in ("anyOf", "oneOf"):
+            if isinstance(current.get(key), list):
+                stack.extend(current[key])
+    return found
+
+
+def _check_left_recursion(schema: dict[str, Any]) -> None:
+    """A `$ref` that can reach itself before writing anything (`{"$ref": "#/$defs/a"}` with
+    `a` = `{"anyOf": [{"$ref": "#/$defs/a"}, ...]}`) would loop forever: llama.cpp refuses
+    such grammars, so say so here, before any request is decoded."""
+    pending = [(ref, (ref,)) for ref in _leading_refs(schema)]
+    done: set[str] = set()
+    while pending:
+        ref, path = pending.pop()
+        if ref in done:
+            continue
+        target = _resolve(schema, ref)
+        for nxt in _leading_refs(target):
+            if nxt in path:
+                chain = " -> ".join((*path, nxt))[:300]
+                raise UsageError(
+                    f"the JSON schema refers to itself without end: {chain}",
+                    hint="Put a recursive $ref inside an object's properties or array's items.",
+                )
+            if len(path) < MAX_SCHEMA_DEPTH:
+                pending.append((nxt, (*path, nxt)))
+        done.add(ref)
+
+
 def check_schema(schema: dict[str, Any]) -> None:
     """Raise `UsageError` when `schema` would give a grammar too large to build or parse.
 
@@ -134,6 +190,7 @@ def check_schema(schema: dict[str, Any]) -> None:
             raise _too_large(
                 f"{len(properties)} properties, above the limit of {MAX_PROPERTIES}", where
             )
+        _check_lists(node, where)
         total += _repetitions(node, where)
         if total > MAX_REPETITION_TOTAL:
             raise _too_large(f"repetition bounds add up to over {MAX_REPETITION_TOTAL}", where)
@@ -142,6 +199,7 @@ def check_schema(schema: dict[str, Any]) -> None:
         if target is not None and target[1] not in refs:
             refs.add(target[1])
             stack.append((target[0], depth + 1, target[1]))
+    _check_left_recursion(schema)
 
 
 def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
@@ -156,10 +214,8 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
             "the JSON schema must be a JSON object", hint='e.g. {"type": "object", ...}'
         )
     check_schema(schema)
-    from llama_cpp.llama_grammar import json_schema_to_gbnf as _convert
-
     try:
-        grammar = _convert(json.dumps(schema))
+        grammar = _convert(schema)
     except Exception as exc:  # the converter raises bare Exception/ValueError/KeyError
         raise UsageError(
             f"cannot build a grammar from the JSON schema: {str(exc)[:300]}",
@@ -172,3 +228,75 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
             hint=_HINT,
         )
     return grammar
+
+
+def _convert(schema: dict[str, Any]) -> str:
+    """llama-cpp-python's converter, with what makes it admit invalid JSON replaced:
+
+    - its string character admits raw control characters (a newline inside a string): here
+      U+0000-U+001F and U+007F only come escaped, as in `JSON_OBJECT_GBNF`;
+    - its literals (`const`, `enum`, property names) do not escape backslashes, so `"a\\nb"`
+      became a raw newline: here every literal is written exactly;
+    - its type lists (`"type": ["string", "null"]`) drop the other keywords (`maxLength`):
+      here each alternative keeps them;
+    - its patterns copy the regular expression into the grammar (`.` admits `"`, `\\d`
+      is not understood): here `pattern_grammar` translates them to JSON-safe GBNF.
+    """
+    from llama_cpp import llama_grammar as lg
+
+    from sovcli.engine.pattern_grammar import JSON_CHAR, PatternTranslator, gbnf_literal
+
+    class SafeConverter(lg.SchemaConverter):
+        def _format_literal(self, literal: str) -> str:
+            return gbnf_literal(literal)
+
+        def _generate_constant_rule(self, value: Any) -> str:
+            return gbnf_literal(json.dumps(value, ensure_ascii=False))
+
+        def _add_primitive(self, name: str, rule: Any) -> str:
+            if name == "char":
+                rule = lg.BuiltinRule(JSON_CHAR, [])
+            return super()._add_primitive(name, rule)
+
+        def resolve_refs(self, schema: dict[str, Any], url: str) -> dict[str, Any]:
+            # Local refs only, and every node visited (upstream skips the siblings of a
+            # `$ref`, so a root `{"$ref": ..., "$defs": {...}}` with a recursive
+            # definition failed).
+            stack: list[Any] = [schema]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, list):
+                    stack.extend(node)
+                    continue
+                if not isinstance(node, dict):
+                    continue
+                ref = node.get("$ref")
+                if isinstance(ref, str):
+                    target = _resolve(schema, ref)
+                    if target is None:
+                        raise ValueError(f"unsupported or missing $ref {ref[:100]!r}")
+                    node["$ref"] = url + ref
+                    self._refs[url + ref] = target
+                stack.extend(v for k, v in node.items() if k != "$ref")
+            return schema
+
+        def visit(self, schema: dict[str, Any], name: str) -> str:
+            kinds = schema.get("type")
+            if isinstance(kinds, list) and not {"$ref", "oneOf", "anyOf"} & schema.keys():
+                # Each alternative keeps the other keywords (maxLength of a "string|null").
+                rule_name = name + "-" if name in lg.RESERVED_NAMES else name or "root"
+                union = [{**schema, "type": kind} for kind in kinds]
+                return self._add_rule(rule_name, self._generate_union_rule(name, union))
+            return super().visit(schema, name)
+
+        def _visit_pattern(self, pattern: str, name: str) -> str:
+            translator = PatternTranslator(pattern, name)
+            expression = translator.translate()
+            for rule_name, rule in translator.rules.items():
+                self._rules[rule_name] = rule
+            return self._add_rule(name, expression)
+
+    converter = SafeConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "stdin")
+    converter.visit(resolved, "")
+    return converter.format_grammar()

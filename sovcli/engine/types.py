@@ -33,12 +33,15 @@ class EngineConfig:
     n_batch: int = 2048  # logical batch (tokens per llama_decode)
     n_ubatch: int = 512  # physical batch
     n_gpu_layers: int | None = None  # default: all on Metal builds, 0 otherwise
-    flash_attn: bool | None = None  # default: auto
+    flash_attn: bool | None = None  # default: auto (ignored when `reproducible`)
     use_mmap: bool = True
     use_mlock: bool = False
     embeddings: bool = False  # open a context that can return embeddings
     verbose: bool = False  # llama.cpp's own log on stderr (also SOVCLI_DEBUG=1)
     prompt_cache_mib: int = 0  # RAM for KV states of earlier sequences (0: off); see prompt_cache
+    # Batch-invariant decoding: a sequence's output does not depend on what else is decoded
+    # with it (see engine/reproducible.py). None: SOVCLI_REPRODUCIBLE (on by default).
+    reproducible: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class SamplingParams:
     grammar: str | None = None  # GBNF constraining the output
     grammar_root: str = "root"
     logprobs: int | None = None  # report the top-N alternatives of each token
+    # {token id: bias added to its logit}; ids in the vocabulary, biases in [-100, 100];
+    # -100 bans the token (llama_sampler_init_logit_bias, first in the chain).
+    logit_bias: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)

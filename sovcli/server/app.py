@@ -1,14 +1,14 @@
 """`create_app(settings)`: the Starlette app of `sovcli serve`.
 
-Routes: the OpenAI endpoints under /v1, /health and /metrics. Middleware, outermost first:
-CORS (only when origins are given), then the request gate (API key, body cap, log, metrics,
-audit). Models load in a background thread when the app starts; /health says `loading`
-until they are ready.
+Routes: the OpenAI endpoints under /v1, the Ollama API under /api (server/ollama.py),
+/health and /metrics. Middleware, outermost first: CORS (only when origins are given), the
+Ollama shapes for /api/ paths (ollama_shape.py), then the request gate (API key, body cap,
+log, metrics, audit). The models named at start load when the app starts (/health says
+`loading` until they are ready); the registry loads others on demand and unloads idle ones.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -24,10 +24,13 @@ from sovcli.server.auth import KeyChecker
 from sovcli.server.errors import APIError
 from sovcli.server.forwarded import ClientResolver
 from sovcli.server.gate import RequestGate
-from sovcli.server.handlers import Handlers, api_endpoint, error_response
+from sovcli.server.handlers import Handlers, api_endpoint, error_response, openai_routes
 from sovcli.server.logsafe import bounded
 from sovcli.server.metrics import ServerMetrics
+from sovcli.server.ollama import OllamaHandlers, ollama_routes
+from sovcli.server.ollama_shape import OllamaShape
 from sovcli.server.registry import EngineFactory, ModelRegistry
+from sovcli.server.responses_api import ResponsesEndpoint
 from sovcli.server.settings import ServerSettings, trusted_networks
 from sovcli.server.state import ServerState
 
@@ -53,15 +56,13 @@ def create_app(
         audit=audit,
     )
     handlers = Handlers(state)
+    ollama = OllamaHandlers(state)
     routes = [
-        Route("/v1/chat/completions", api_endpoint(handlers.chat_completions), methods=["POST"]),
-        Route("/v1/completions", api_endpoint(handlers.completions), methods=["POST"]),
-        Route("/v1/embeddings", api_endpoint(handlers.embeddings), methods=["POST"]),
-        Route("/v1/models", api_endpoint(handlers.list_models), methods=["GET"]),
-        Route("/v1/models/{model:path}", api_endpoint(handlers.get_model), methods=["GET"]),
+        *openai_routes(handlers, ResponsesEndpoint(handlers)),
         Route("/health", api_endpoint(handlers.health), methods=["GET"]),
         Route("/healthz", api_endpoint(handlers.health), methods=["GET"]),
         Route("/metrics", api_endpoint(handlers.metrics), methods=["GET"]),
+        *ollama_routes(ollama),
     ]
 
     @asynccontextmanager
@@ -71,7 +72,8 @@ def create_app(
             yield
         finally:
             handlers.close()
-            await asyncio.to_thread(state.registry.close)
+            ollama.close()
+            await state.registry.aclose()
             if state.audit is not None:
                 state.audit.close()
 
@@ -88,6 +90,7 @@ def create_app(
                 max_age=600,
             )
         )
+    middleware.append(Middleware(OllamaShape))  # /api/*: Ollama's error and stream shapes
     middleware.append(
         Middleware(
             RequestGate,

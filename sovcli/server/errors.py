@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sovcli.errors import ContextOverflowError, ModelNotFoundError, SovcliError
+from sovcli.errors import ContextOverflowError, ModelNotFoundError, PolicyDenied, SovcliError
 
 
 class APIError(Exception):
@@ -103,19 +103,43 @@ def from_sovcli_error(exc: SovcliError) -> APIError:
         return APIError(400, exc.message, code="context_length_exceeded")
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, exc.message, param="model", code="model_not_found")
+    if isinstance(exc, PolicyDenied):
+        return policy_denied(exc)
     status = exc.http_status
     if 400 <= status < 500:
         return APIError(status, exc.message)
     return internal_error()
 
 
+def policy_denied(exc: PolicyDenied) -> APIError:
+    """A 403 for a model the site policy refuses. `request_forbidden` is the type OpenAI's
+    API gives its own 403s (e.g. code `unsupported_country_region_territory`)."""
+    return APIError(403, exc.message, type_="request_forbidden", code="policy_denied")
+
+
+def context_overflow(n_ctx: int, n_tokens: int, param: str, *, head_chars: int = 0) -> APIError:
+    """A prompt longer than the context, worded as OpenAI words it: clients (litellm,
+    LangChain) recognise a context overflow by this message and `code`. `head_chars`: only
+    that many characters of the prompt were tokenized (they alone gave `n_tokens`)."""
+    count = str(n_tokens)
+    if head_chars:
+        count = f"more than {n_ctx} (the first {head_chars} characters alone have {n_tokens})"
+    return APIError(
+        400,
+        f"This model's maximum context length is {n_ctx} tokens. However, your {param} "
+        f"resulted in {count} tokens. Please reduce the length of the {param}.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
 def _default_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 404:
-        return "invalid_request_error"
+    """The `type` OpenAI's API gives errors of this status: `invalid_request_error` for
+    client errors (401 for a wrong key too, with code `invalid_api_key`; 403; 404),
+    `requests` for 429 (a request-rate limit; its code is `rate_limit_exceeded`),
+    `server_error` for 5xx."""
     if status == 429:
-        return "rate_limit_error"
+        return "requests"
     if status >= 500:
         return "server_error"
     return "invalid_request_error"

@@ -45,8 +45,19 @@ KNOWN_ENDPOINTS = frozenset(
         "/v1/completions",
         "/v1/embeddings",
         "/v1/models",
+        "/v1/responses",
         "/health",
         "/metrics",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/version",
+        "/api/pull",
+        "/api/stop",
     }
 )
 JOINED_HEADERS = frozenset({"x-forwarded-for", "forwarded"})  # repeated lines form one list
@@ -82,7 +93,9 @@ class RequestRecord:
         """A bounded label for metrics (unknown paths collapse to `other`)."""
         if self.path in KNOWN_ENDPOINTS:
             return self.path
-        if self.path.startswith("/v1/models/"):
+        if f"/v1{self.path}" in KNOWN_ENDPOINTS:  # the same routes without the /v1 prefix
+            return f"/v1{self.path}"
+        if self.path.startswith(("/v1/models/", "/models/")):
             return "/v1/models"
         return "other"
 

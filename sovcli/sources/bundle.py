@@ -22,8 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sovcli.errors import DiskFullError, IntegrityError, ModelNotFoundError, StoreError
+from sovcli.errors import (
+    DiskFullError,
+    IntegrityError,
+    ModelNotFoundError,
+    SignatureError,
+    StoreError,
+)
 from sovcli.fsutil import atomic_output
+from sovcli.governance.identity import signed_files
+from sovcli.governance.oms import MAX_SIGNATURE_BYTES
+from sovcli.governance.signing import SIGNATURE_FILE, TrustAnchors, verify_model
 from sovcli.progress import NULL_PROGRESS, Progress, ProgressTask
 from sovcli.sources.base import ensure_free_space, is_disk_full, one_line
 from sovcli.sources.catalog import load_catalog
@@ -83,12 +92,26 @@ def export_bundle(
             with path.open("rb") as src:
                 tar.addfile(info, _Counted(src, task))
             task.close()
+        signed = _add_signature(tar, model)
     return {
         "model": model.ref,
         "bundle": str(out),
         "size": out.stat().st_size,
         "files": [r["path"] for r in model.manifest["files"]],
+        "signature": signed,
     }
+
+
+def _add_signature(tar: tarfile.TarFile, model: InstalledModel) -> bool:
+    """Add the model's OMS signature (model.sig) to the bundle, when it has one."""
+    signature = model.directory / SIGNATURE_FILE
+    if not signature.is_file() or SIGNATURE_FILE in signed_files(model.manifest):
+        return False
+    data = signature.read_bytes()
+    info = tarfile.TarInfo(SIGNATURE_FILE)
+    info.size, info.mtime, info.mode = len(data), int(signature.stat().st_mtime), 0o644
+    tar.addfile(info, io.BytesIO(data))
+    return True
 
 
 class _Counted(io.RawIOBase):
@@ -112,13 +135,16 @@ class BundleImport:
 
 
 def import_bundle(
-    bundle: Path, *, force: bool = False, progress: Progress | None = None
+    bundle: Path, *, force: bool = False, action: str = "pull", progress: Progress | None = None
 ) -> BundleImport:
     """Verify every file of a bundle against its manifest, then register the model.
 
     An installed `name:tag` is kept as is unless `force`. IntegrityError for a bundle that
     is truncated, corrupt, malformed, larger than it says, or not the catalog's file for a
-    catalog alias; InvalidNameError for a name or tag that could escape the store.
+    catalog alias; InvalidNameError for a name or tag that could escape the store. A
+    signature (model.sig) in the bundle is kept beside the model; one that does not match
+    the files is a SignatureError. The site policy (`enforce_files`, for `action`) sees the
+    extracted files before anything is registered.
     """
     bundle = Path(bundle).expanduser()
     if not bundle.is_file():
@@ -153,9 +179,66 @@ def import_bundle(
                     _extract_one(tar, label, record, work, progress or NULL_PROGRESS)
                     for record in manifest["files"]
                 ]
+                spec.attachments = _check_signature(
+                    tar, label, work, manifest, action, progress or NULL_PROGRESS
+                )
                 return BundleImport(install(spec, progress), already_installed=False)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_signature(
+    tar: tarfile.TarFile,
+    bundle_name: str,
+    work: Path,
+    manifest: dict[str, Any],
+    action: str,
+    progress: Progress,
+) -> list[FileToInstall]:
+    """Extract the bundle's signature beside its verified files in `work`, refuse it when it
+    does not match them, and let the site policy judge the files; returns what to keep."""
+    from sovcli.governance.policy import enforce_files
+
+    kept = []
+    if SIGNATURE_FILE not in signed_files(manifest):
+        signature = _extract_signature(tar, bundle_name, work)
+        if signature is not None:
+            kept.append(FileToInstall(src=signature, relpath=SIGNATURE_FILE, trusted=True))
+    digests = {r["path"]: r["sha256"] for r in manifest["files"]}  # just checked
+    status = verify_model(work, signed_files(manifest), TrustAnchors(), digests=digests)
+    if status.state == "invalid":
+        raise SignatureError(
+            f"{bundle_name}: its signature does not match the model: {status.detail}",
+            hint="The bundle was altered in transit or its signature swapped; nothing was "
+            "registered. Get the bundle again from its signer.",
+        )
+    enforce_files(work, manifest, action)
+    if kept:
+        progress.note(f"signature by {status.signer} matches the files; kept beside the model")
+    return kept
+
+
+def _extract_signature(tar: tarfile.TarFile, bundle_name: str, work: Path) -> Path | None:
+    """`work/model.sig` from the bundle (at most MAX_SIGNATURE_BYTES), or None without one."""
+    try:
+        member = tar.getmember(SIGNATURE_FILE)
+        src = tar.extractfile(member) if member.isfile() else None
+    except KeyError:
+        return None
+    except _READ_ERRORS as exc:
+        raise _truncated(bundle_name, exc) from exc
+    if src is None or member.size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(
+            f"{bundle_name}: its {SIGNATURE_FILE} is not a regular file of at most "
+            f"{MAX_SIGNATURE_BYTES:,} bytes",
+            hint="The bundle was damaged or altered; nothing was registered.",
+        )
+    target = work / SIGNATURE_FILE
+    try:
+        _copy_counted(src, target, SIGNATURE_FILE, member.size, hashlib.sha256(), ProgressTask())
+    except _Unreadable as exc:
+        raise _truncated(bundle_name, exc.__cause__ or exc) from exc
+    return target
 
 
 def _read_marker(tar: tarfile.TarFile, bundle_name: str) -> dict[str, Any]:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from sovcli.errors import IntegrityError, ModelNotFoundError
+from sovcli.governance.policy import current_policy, enforce_files, enforce_source
 from sovcli.progress import Progress
 from sovcli.sources.catalog import load_catalog
+from sovcli.store.hashing import sha256_file
 from sovcli.store.model import InstalledModel
 from sovcli.store.names import quant_from_filename, shard_info, slugify, validate_name, validate_tag
 from sovcli.store.registry import FileToInstall, InstallSpec, install_locked
@@ -59,6 +61,7 @@ def import_gguf(
     known_sha256: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    action: str = "import",
 ) -> InstalledModel:
     """Register a local GGUF (copied, or hardlinked with `link=True`) with a `local` provenance.
 
@@ -67,7 +70,8 @@ def import_gguf(
 
     `known_sha256` (file name -> hash) skips re-hashing files the caller has verified;
     `meta` skips reading the GGUF header (both are for fixtures and bundles). Hashing the
-    copy is reported to `progress`.
+    copy is reported to `progress`. The site policy is asked first (`action`: "import" or
+    "pull"): the `file` source, then the model's name, digest, licence and signature.
     """
     from sovcli.store.ggufmeta import read_metadata
 
@@ -75,18 +79,22 @@ def import_gguf(
     if not path.is_file():
         raise ModelNotFoundError(f"no such file: {path}", hint="Pass the path of a .gguf file.")
     path = path.resolve()
+    if source is None:
+        enforce_source("file", str(path), action)
     shards = shard_paths(path)
     if meta is None:
         meta = read_metadata(shards)
     name = validate_name(name or default_name(path))
     tag = validate_tag(tag or meta.get("quantization") or quant_from_filename(path.name) or "local")
-    known = known_sha256 or {}
+    known = dict(known_sha256 or {})
+    license = license if license is not None else _license_from(meta)
+    checked = _policy_check(name, tag, shards, known, license, action)
     files = [
         FileToInstall(
             src=p,
             relpath=p.name,
-            sha256=known.get(p.name),
-            trusted=p.name in known,
+            sha256=known.get(p.name) or checked.get(p.name),
+            trusted=p.name in known,  # a hash taken for the policy is checked again on copy
             mode="link" if link else "copy",
         )
         for p in shards
@@ -98,12 +106,36 @@ def import_gguf(
         files=files,
         source=record,
         gguf_file=shards[0].name,
-        license=license if license is not None else _license_from(meta),
+        license=license,
         description=description,
         meta=meta,
         pinned_sha256=load_catalog().pinned_sha256(name, tag),
     )
     return install_locked(spec, progress)
+
+
+def _policy_check(
+    name: str,
+    tag: str,
+    shards: list[Path],
+    known: dict[str, str],
+    license: str | None,
+    action: str,
+) -> dict[str, str]:
+    """Under a site policy: hash the files (unless known) and ask the policy about them
+    before anything is copied; returns the hashes taken. No policy: nothing is hashed."""
+    if current_policy() is None:
+        return {}
+    hashes = {p.name: known.get(p.name) or sha256_file(p) for p in shards}
+    manifest = {
+        "name": name,
+        "tag": tag,
+        "gguf": shards[0].name,
+        "license": license,
+        "files": [{"path": n, "sha256": h} for n, h in hashes.items()],
+    }
+    enforce_files(None, manifest, action)
+    return hashes
 
 
 def _license_from(meta: dict[str, Any]) -> str | None:

@@ -70,6 +70,9 @@ class InstallSpec:
     # The catalog's pinned sha256(s) when `name:tag` is a catalog alias: the model must be
     # that one .gguf file (see `pin_problem`); empty when there is no pin to hold it to.
     pinned_sha256: frozenset[str] = frozenset()
+    # Files kept beside the model but not in its manifest (a bundle's signature, model.sig):
+    # placed in the same atomic rename, never hashed nor listed.
+    attachments: list[FileToInstall] = field(default_factory=list)
 
 
 _BROKEN_HINT = "Remove it with `sovcli rm NAME:TAG` and pull it again."
@@ -245,6 +248,10 @@ def install(spec: InstallSpec, progress: Progress | None = None) -> InstalledMod
                     )
             fsync_file(dest)
             records.append({"path": item.relpath, "sha256": digest, "size": dest.stat().st_size})
+        for item in spec.attachments:
+            if item.relpath in {r["path"] for r in records}:
+                raise IntegrityError(f"{item.relpath} is both a model file and an attachment")
+            _place(item, file_in(staging, item.relpath))
         ggufs = [r["path"] for r in records if r["path"].lower().endswith(".gguf")]
         gguf_file = spec.gguf_file or (sorted(ggufs)[0] if ggufs else None)
         if gguf_file is None or gguf_file not in ggufs:

@@ -124,7 +124,9 @@ def test_docx_tables_and_breaks(tmp_path: Path) -> None:
         "</w:body></w:document>"
     ).encode()
     (tmp_path / "t.docx").write_bytes(docx_with(xml))
-    assert extract_text(tmp_path / "t.docx") == "Line one\nLine two\nName\tIBAN"
+    # a table reaches the prompt as a Markdown table
+    table = "| Name | IBAN |\n| --- | --- |"
+    assert extract_text(tmp_path / "t.docx") == f"Line one\nLine two\n\n{table}"
     (tmp_path / "simple.docx").write_bytes(make_docx(["A", "B"]))
     assert extract_text(tmp_path / "simple.docx") == "A\nB"
 
@@ -329,7 +331,7 @@ def test_many_recipients_and_encoded_words_are_decoded(tmp_path: Path) -> None:
     assert text.endswith("Zażółć gęślą jaźń")
 
 
-def test_email_attachment_is_skipped_for_the_body(tmp_path: Path) -> None:
+def test_email_attachment_comes_after_the_body_and_is_named(tmp_path: Path) -> None:
     message = (
         "From: a@example.org\nSubject: Files\nMIME-Version: 1.0\n"
         'Content-Type: multipart/mixed; boundary="XX"\n\n'
@@ -338,8 +340,8 @@ def test_email_attachment_is_skipped_for_the_body(tmp_path: Path) -> None:
         "--XX\nContent-Type: text/plain; charset=utf-8\n\nThe real body.\n--XX--\n"
     )
     text = _eml_text(tmp_path, message.encode("utf-8"))
-    assert "The real body." in text
-    assert "attached text" not in text
+    # the body first; then the attachment, named, as part of the message (#16)
+    assert text.index("The real body.") < text.index("[Attachment: secret.txt]\nattached text")
 
 
 def test_utf8_with_a_stray_bad_byte_stays_utf8(tmp_path: Path) -> None:

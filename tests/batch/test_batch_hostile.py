@@ -480,6 +480,6 @@ def test_every_formula_prefix_gets_a_quote(prefix: str) -> None:
         "path": "a.txt", "status": "ok", "params_sha256": "q",
         "output": prefix + "1+1", "error": None,
     }  # fmt: skip
-    row = list(csv.reader(io.StringIO(to_csv([record]), newline="")))[1]
-    assert row[6] == "'" + prefix + "1+1"
+    header, row = list(csv.reader(io.StringIO(to_csv([record]), newline="")))
+    assert row[header.index("output")] == "'" + prefix + "1+1"
     assert row[0] == "a.txt"  # plain cells untouched

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow  # the real model, in-process and in sovcli subpro
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Summarise {name} in one sentence: {text}"
 FAST = ["--ctx", "512", "--max-tokens", "6", "--parallel", "4"]
+ANSWERED = ("ok", "truncated")  # truncated: cut at --max-tokens (6 here), finish "length"
 
 
 def _records(path: Path) -> list[dict]:
@@ -67,7 +68,11 @@ def test_every_document_is_recorded_once_with_the_right_status(corpus_run, smoll
     records = _by_path(_records(out))
     assert set(records) == set(expected)
     for path, status in expected.items():
-        assert records[path]["status"] == status, records[path]
+        record = records[path]
+        if status == "ok" and record["status"] == "truncated":
+            assert record["finish_reason"] == "length", record
+        else:
+            assert record["status"] == status, record
     reasons = {p: r["error"] for p, r in records.items() if r["status"] == "error"}
     assert reasons["broken.pdf"].startswith("corrupt PDF")
     assert reasons["empty.txt"] == "empty file"
@@ -79,7 +84,7 @@ def test_every_document_is_recorded_once_with_the_right_status(corpus_run, smoll
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
         )
         assert record["prompt_sha256"] and record["params"]["max_tokens"] == 6
-        if record["status"] == "ok":
+        if record["status"] in ANSWERED:
             assert isinstance(record["output"], str) and record["output"]
             assert 0 < record["tokens"]["completion"] <= 6 * record["calls"]
             assert record["tokens"]["prompt"] > 0
@@ -146,8 +151,11 @@ def test_dry_run_and_reports(corpus_run, smollm2_gguf) -> None:
     report = CliRunner().invoke(app, ["batch-report", str(out), "--format", "csv"])
     assert report.exit_code == 0
     rows = list(csv.reader(io.StringIO(report.stdout)))
-    assert rows[0][:3] == ["path", "status", "chunks"] and len(rows) == 1 + len(expected)
-    assert {row[0]: row[1] for row in rows[1:]} == expected
+    assert rows[0][:4] == ["path", "status", "finish", "chunks"]
+    assert len(rows) == 1 + len(expected)
+    # an answer cut at --max-tokens 6 shows as truncated, with its finish reason
+    shown = {row[0]: "ok" if row[1:3] == ["truncated", "length"] else row[1] for row in rows[1:]}
+    assert shown == expected
 
 
 def test_schema_extraction_validates(tmp_path: Path, smollm2_gguf: Path) -> None:
@@ -225,7 +233,7 @@ def test_sigkill_midway_then_rerun_records_every_document_once(
     assert "removed a torn last line" in rerun.stderr
     records = _by_path(_records(out))
     assert sorted(records) == names
-    assert all(r["status"] == "ok" for r in records.values())
+    assert all(r["status"] in ANSWERED for r in records.values())
     # the records written before the kill were kept, not redone
     assert [r["started_at"] for r in first] == [records[r["path"]]["started_at"] for r in first]
 
@@ -278,7 +286,7 @@ def test_endpoint_sends_the_work_to_a_running_sovcli_serve(
         assert records["c.pdf"]["status"] == "error"
         for name in ("a.txt", "b.md"):
             record = records[name]
-            assert record["status"] == "ok", record
+            assert record["status"] in ANSWERED, record
             assert record["backend"] == url + "/v1"
             assert record["output"] and record["tokens"]["completion"] > 0
             assert record["model"] == {"ref": model_id, "remote": True}
@@ -311,6 +319,7 @@ def test_progress_and_summary_in_a_pipe_are_whole_plain_lines(
     assert "batch: 3 of 3 documents to process (0 already done)" in lines
     assert any(re.fullmatch(r"batch [\d,]+ tok: 3/3 docs \(100%\).* in \d+:\d\d:\d\d", line)
                for line in lines), lines  # fmt: skip
-    summary = [line for line in lines if line.startswith("3 documents: 3 ok")]
+    counts = re.compile(r"3 documents: \d ok, (\d truncated, )?0 failed")
+    summary = [line for line in lines if counts.match(line)]
     assert len(summary) == 1 and summary[0].endswith(f"-> {out}")  # one line, not re-wrapped
     assert "\x1b[" not in result.stderr  # no terminal codes in a pipe

@@ -163,9 +163,10 @@ def test_reports_show_one_row_per_document(tmp_path: Path) -> None:
         )
     csv_text = render_report(out, "csv")
     assert csv_text.splitlines()[0] == (
-        "path,status,chunks,prompt_tokens,completion_tokens,seconds,output.name,output.iban,error"
+        "path,status,finish,chunks,prompt_tokens,completion_tokens,seconds,output.name,"
+        "output.iban,error"
     )
-    assert "a.txt,ok,1,,,,Alice,DE89," in csv_text
+    assert "a.txt,ok,,1,,,,Alice,DE89," in csv_text
     md = render_report(out, "md")
     assert "2 documents: 1 ok, 1 failed." in md
     assert "| b\\|x.pdf | error |" in md
