@@ -11,7 +11,7 @@ import pytest
 # huggingface_hub reads HF_HUB_OFFLINE once, when first imported. Import it here, before any test
 # sets that variable, so one test's offline setting cannot leak into the whole session.
 os.environ.pop("HF_HUB_OFFLINE", None)
-import huggingface_hub.constants  # noqa: E402, F401
+import huggingface_hub.constants  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 

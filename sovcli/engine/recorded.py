@@ -36,7 +36,7 @@ def request_from_params(prompt: str | list[int], params: dict[str, Any]) -> Gene
     if not isinstance(params, dict):
         raise UsageError("the record's params are not an object")
     unknown = set(params) - set(_REQUEST) - {"sampling"}
-    sampling = params.get("sampling") or {}
+    sampling = params.get("sampling", {})
     if not isinstance(sampling, dict):
         raise UsageError("the record's params.sampling is not an object")
     unknown |= {f"sampling.{k}" for k in set(sampling) - _SAMPLING}
