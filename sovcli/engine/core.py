@@ -390,9 +390,25 @@ class Engine:
             self._cond.notify_all()
         return [job.stream for job in jobs]
 
+    def _check_grammar(self, s: SamplingParams) -> None:
+        """A UsageError, before the request is queued (so a 400 even for a stream), when
+        llama.cpp cannot parse the grammar."""
+        ll = self._ll
+        grammar = ll.llama_sampler_init_grammar(
+            self._vocab, s.grammar.encode("utf-8"), s.grammar_root.encode("utf-8")
+        )
+        if not grammar:
+            raise UsageError(
+                "the grammar could not be parsed (GBNF syntax error)",
+                hint="Check the JSON schema or grammar; SOVCLI_DEBUG=1 shows llama.cpp's reason.",
+            )
+        ll.llama_sampler_free(grammar)
+
     def _prepare(self, request: GenerationRequest) -> _Job:
         """Validate and tokenize `request` into a job (not queued yet)."""
         self.validate_sampling(request.sampling)
+        if request.sampling.grammar:
+            self._check_grammar(request.sampling)
         if request.max_tokens is not None and request.max_tokens < 0:
             raise UsageError("max_tokens must be >= 0")
         tokens = self.prompt_tokens(request)

@@ -70,7 +70,9 @@ def test_repeated_prompt_is_restored_from_the_cache(cached_engine):
     again = run_of(stream)
     assert eng.prompt_cache.hits == hits_before + 1
     result = stream.result()
-    assert result.cached_prompt_tokens == result.prompt_tokens - 1  # all but the last token
+    # All but the last token, less what reproducible mode re-decodes so that the prompt's last
+    # rows meet the same kernels as in a fresh run (at most one prefill chunk of 8 rows).
+    assert result.prompt_tokens - 9 <= result.cached_prompt_tokens <= result.prompt_tokens - 1
     # The restored cells are the same bytes, but the last prompt token is decoded alone, not in
     # the prompt's batch, which changes the kernels on some CPUs: the answers agree up to a
     # near tie (measured on AVX2: identical, 24/24; its closest ties are 0.016 nats at token
