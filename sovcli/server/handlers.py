@@ -386,20 +386,10 @@ class Handlers:
         """The vectors of `req.inputs` (texts or token ids, checked against the vocabulary)
         and their token count; `req.dimensions` must be the model's. Shared by the OpenAI
         and Ollama embedding routes."""
-        if req.dimensions is not None and req.dimensions != engine.info.n_embd:
-            raise bad_request(
-                f"this model's embeddings have {engine.info.n_embd} dimensions",
-                param="dimensions",
-            )
-        big = sum(len(t) for t in req.inputs) >= 65536
-        texts, n_tokens = await self.offload.run(_embedding_texts, engine, req, big=big)
-        if self.state.audit_content:
-            record.prompt = texts
         try:
-            vectors = await asyncio.to_thread(engine.embed, texts)
+            return await embed_texts(self, engine, req, record, _embedding_texts)
         except ContextOverflowError as exc:
             raise bad_request(exc.message, param="input", code="context_length_exceeded") from exc
-        return vectors, n_tokens
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models"""
@@ -725,6 +715,23 @@ def _render(
         raise bad_request(
             f"the model's chat template rejected the messages: {str(exc)[:300]}", "messages"
         ) from exc
+
+
+async def embed_texts(
+    handlers: Any, engine: EngineProtocol, req: Any, record: RequestRecord, texts_of: Any
+) -> tuple[list[list[float]], int]:
+    """The vectors of `req.inputs` and their token count, for the OpenAI and Ollama routes:
+    `req.dimensions` must be the model's; `texts_of(engine, req)` -> (texts, token count) runs
+    in a worker (`handlers.offload`); the texts go in the audit record when content is kept."""
+    if req.dimensions is not None and req.dimensions != engine.info.n_embd:
+        raise bad_request(
+            f"this model's embeddings have {engine.info.n_embd} dimensions", param="dimensions"
+        )
+    big = sum(len(t) for t in req.inputs) >= 65536
+    texts, n_tokens = await handlers.offload.run(texts_of, engine, req, big=big)
+    if handlers.state.audit_content:
+        record.prompt = texts
+    return await asyncio.to_thread(engine.embed, texts), n_tokens
 
 
 def _embedding_texts(engine: EngineProtocol, req: EmbeddingRequest) -> tuple[list[str], int]:

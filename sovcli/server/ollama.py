@@ -30,7 +30,7 @@ from sovcli.server import ollama_protocol as proto
 from sovcli.server.errors import APIError, bad_request
 from sovcli.server.gate import RequestRecord
 from sovcli.server.grammars import GrammarCache
-from sovcli.server.handlers import SSEResponse, api_endpoint
+from sovcli.server.handlers import SSEResponse, api_endpoint, embed_texts
 from sovcli.server.jsonbody import parse_json_body
 from sovcli.server.offload import Offloader, is_big
 from sovcli.server.ollama_models import ps_entry, show_body, tag_entry
@@ -282,16 +282,7 @@ class OllamaHandlers:
         try:
             engine = handle.engine
             assert engine is not None
-            if req.dimensions is not None and req.dimensions != engine.info.n_embd:
-                raise bad_request(
-                    f"this model's embeddings have {engine.info.n_embd} dimensions",
-                    param="dimensions",
-                )
-            big = sum(len(t) for t in req.inputs) >= 65536
-            texts, n_tokens = await self.offload.run(_embedding_texts, engine, req, big=big)
-            if self.state.audit_content:
-                record.prompt = texts
-            vectors = await asyncio.to_thread(engine.embed, texts)
+            vectors, n_tokens = await embed_texts(self, engine, req, record, _embedding_texts)
         finally:
             await let_go()
         record.prompt_tokens = n_tokens
