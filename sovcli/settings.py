@@ -57,6 +57,19 @@ def parse_count(name: str, raw: str) -> int:
     raise UsageError(f"{name}={raw!r} is not a whole number >= 0", hint=f"e.g. {name}=90")
 
 
+SPEC_MODES = ("auto", "always", "off")
+
+
+def parse_spec_mode(name: str, raw: str) -> str:
+    """A speculative decoding mode: auto (draft where it pays), always, or off."""
+    value = raw.strip().lower() or "auto"
+    if value in SPEC_MODES:
+        return value
+    raise UsageError(
+        f"{name}={raw!r} is not a speculative mode", hint=f"Set {name} to auto, always or off."
+    )
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: its name, what it means, its default and how it is parsed."""
@@ -167,6 +180,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(0: llama.cpp's batch-shaped kernels; batch records the value).",
         "1",
         parse_bool,
+    ),
+    Setting(
+        "SOVCLI_SPEC",
+        "Speculative decoding in run, chat, serve, batch and bench: `auto` drafts tokens from "
+        "each sequence's own prompt and output where the measured cost says it pays; `always` "
+        "drafts whenever there is a draft; `off` never.",
+        "auto",
+        parse_spec_mode,
     ),
     Setting(
         "RAY_AUTH_MODE",

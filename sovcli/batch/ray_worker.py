@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,15 @@ class DocumentWorker:
         from sovcli.engine.core import Engine
         from sovcli.engine.types import EngineConfig
 
+        spec = {"draft_max": self.job.draft_max} if self.job.draft_max is not None else {}
         config = EngineConfig(
             model_path=str(path), n_parallel=self.parallel, n_ctx=self.ctx,
             n_threads=self.threads, reproducible=self.job.reproducible,
+            speculative=self.job.speculative, **spec,
         )  # fmt: skip
         self.engine = Engine(config)
+        # Records say the mode this node's engine runs in (auto is off in reproducible mode).
+        self.job = replace(self.job, speculative=self.engine.speculative)
         self.backend = LocalBackend(self.engine)
 
     # --- documents -----------------------------------------------------------------------

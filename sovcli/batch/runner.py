@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sovcli import __version__
+from sovcli import __version__, settings
 from sovcli.batch.backends import (
     Backend,
     BackendFailure,
@@ -54,6 +54,11 @@ MAX_EXTRACT_THREADS = 4  # documents extracted at once (the extractor pool has i
 RETRY_CHOICES = ("truncated", "failed", "error", "needs_ocr")
 
 
+def default_speculative() -> str:
+    """`SOVCLI_SPEC` (auto unless set to off): what an engine does when not told."""
+    return settings.get("SOVCLI_SPEC") or "auto"
+
+
 @dataclass(frozen=True)
 class BatchJob:
     """Everything that defines a run (and, through `params`, its resume key)."""
@@ -75,6 +80,11 @@ class BatchJob:
     extract: ExtractOptions = field(default_factory=ExtractOptions)  # limits, encoding
     # Batch-invariant decoding (EngineConfig.reproducible; SOVCLI_REPRODUCIBLE), recorded.
     reproducible: bool = field(default_factory=default_reproducible)
+    # Speculative decoding (EngineConfig.speculative; SOVCLI_SPEC; None: an endpoint's own),
+    # recorded but no part of the key: the answers are the same with it on or off.
+    speculative: str | None = field(default_factory=default_speculative)
+    draft_max: int | None = None  # most drafted tokens per step (None: the engine's default)
+    draft_model: dict[str, Any] | None = None  # --draft: {"ref", "manifest_sha256" | ...}
 
     @property
     def replay_fields(self) -> dict[str, Any]:
@@ -152,6 +162,8 @@ class Summary:
     requeued: int = 0  # documents sent again after their Ray node died
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed (local engine)
+    accepted_tokens: int = 0  # of those, confirmed by the model
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -174,6 +186,8 @@ class Summary:
             "requeued": self.requeued,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
             "seconds": round(self.seconds, 3),
             "completion_tokens_per_s": round(self.completion_tokens / self.seconds, 2)
             if self.seconds > 0
@@ -570,6 +584,8 @@ class BatchRunner:
             "params_sha256": self.job.params_sha256,
             "backend": backend_label,
             "reproducible": self.job.reproducible,
+            "speculative": self.job.speculative,
+            **({"draft_model": self.job.draft_model} if self.job.draft_model else {}),
             "replay": self.job.replay_fields,
             "started_at": started_at or now_iso(),
             "sovcli": __version__,

@@ -115,6 +115,8 @@ class BatchSession:
     backends: list[Any] | None = None  # run on these (None: the local engine or the endpoints)
     notify: Callable[[str], None] = _ignore  # messages that must be seen (not progress)
     ray: str | None = None  # --ray ADDRESS: run on the nodes of this Ray cluster ("auto")
+    draft_ref: str | None = None  # --draft MODEL: resolved into job.draft_model first
+    draft: Any = None  # the InstalledModel of the draft model (local runs)
     _task: ProgressTask | None = field(default=None, init=False, repr=False)
     _runner: BatchRunner | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -144,6 +146,23 @@ class BatchSession:
             )
             self.job = replace(job, model=meta)
             self.model_ref = None
+        if self.draft_ref is not None:
+            self._prepare_draft(dry_run=dry_run)
+
+    def _prepare_draft(self, *, dry_run: bool) -> None:
+        """The --draft model, resolved and allowed by the site policy like the main model."""
+        if self.endpoints or self.ray:
+            where = "--endpoint" if self.endpoints else "--ray"
+            raise UsageError(
+                f"--draft runs on this machine's engine only, not with {where}",
+                hint="Drop --draft (the servers or nodes draft from n-grams with --spec auto).",
+            )
+        assert self.draft_ref is not None
+        meta, self.draft = model_identity(
+            self.draft_ref, remote=False, dry_run=dry_run, progress=self.progress
+        )
+        self.job = replace(self.job, draft_model=meta)
+        self.draft_ref = None
 
     def plan(self) -> list[Document]:
         """Every document and its state, read-only (the dry run); UsageError when none."""
@@ -191,7 +210,12 @@ class BatchSession:
             self._runner = BatchRunner(
                 self.job, backends, journal, on_record=self._on_record, chunklog=chunklog
             )
-            return self._start(documents, to_do)
+            summary = self._start(documents, to_do)
+            if engine is not None:  # what speculative decoding drafted over the run
+                stats = engine.stats()
+                summary.drafted_tokens = stats.drafted_tokens_total
+                summary.accepted_tokens = stats.accepted_tokens_total
+            return summary
         finally:
             for backend in backends:  # nothing generates once the journal closes
                 cancel = getattr(backend, "cancel_all", None)
@@ -251,13 +275,21 @@ class BatchSession:
         if self.installed is None:
             raise UsageError("no local model to run (internal: model_identity was not called)")
         preset = preset_of(self.installed)  # a created model: system prompt, template, ctx
+        spec: dict[str, Any] = {"speculative": self.job.speculative}
+        if self.draft is not None:
+            spec["draft_model_path"] = str(self.draft.gguf_path)
+        if self.job.draft_max is not None:
+            spec["draft_max"] = self.job.draft_max
         config = EngineConfig(
             model_path=str(self.installed.gguf_path),
             n_parallel=self.job.parallel,
             n_ctx=self.ctx or (preset.parameters.get("ctx") if preset else None),
             n_threads=self.threads,
+            **spec,
         )
         engine = Engine(config)
+        # The mode the engine runs in (reproducible engines do not draft: auto is off there).
+        self.job = replace(self.job, speculative=engine.speculative)
         use_template(engine, preset.template if preset else None)
         return engine, [LocalBackend(engine, system=preset.system if preset else None)]
 

@@ -16,11 +16,14 @@ import typer
 
 from sovcli.cli.options import (
     CtxOption,
+    DraftMaxOption,
+    DraftOption,
     JsonOption,
     ModelArgument,
     OcrLangOption,
     OcrOption,
     QuietOption,
+    SpecOption,
     ThreadsOption,
 )
 from sovcli.engine.types import MIN_CTX
@@ -184,7 +187,8 @@ def batch_command(
     json_output: JsonOption = False, quiet: QuietOption = False, threads: ThreadsOption = None,
     doc_timeout: DocTimeout = 120.0, doc_memory: DocMemory = 1024, encoding: Encoding = None,
     ocr: OcrOption = "auto", ocr_lang: OcrLangOption = None, retry: RetryOutcomes = None,
-    ray: RayOption = None,
+    ray: RayOption = None, spec: SpecOption = None, draft: DraftOption = None,
+    draft_max: DraftMaxOption = None,
 ) -> None:  # fmt: skip
     """Run a model over every document in a folder (or one file); one JSON line each.
 
@@ -205,11 +209,14 @@ def batch_command(
           --endpoint http://10.0.0.5:8080 --endpoint http://10.0.0.6:8080 --dry-run
       sovcli batch smollm2-135m ./archive -o archive.jsonl --ray 10.0.0.5:6379 \\
           --max-tokens 1024 --retry truncated --prompt "Summarise {name}: {text}"
+      SOVCLI_REPRODUCIBLE=0 sovcli batch smollm2-135m ./letters -o plain.jsonl --spec auto \\
+          --draft-max 12 --prompt "Rewrite this letter in plain English: {text}"
     """
     from sovcli.batch.runner import BatchJob
     from sovcli.batch.session import BatchSession
-    from sovcli.cli.progress import make_progress
+    from sovcli.cli.speculation import SpecFlags, effective_mode
 
+    flags = SpecFlags(spec, draft, draft_max)  # --draft with --spec off: refused here
     job = BatchJob(  # bad options (prompt, schema) fail before any model is touched
         input_dir=input_dir, output=output, template=_template(prompt, prompt_file), model={},
         settings=_settings(schema, not endpoint and not dry_run, max_tokens, temperature, seed),
@@ -218,18 +225,29 @@ def batch_command(
         exclude=tuple(exclude or ()), retry_failed=retry_failed, follow_symlinks=follow_symlinks,
         retry=frozenset((retry or "").split(",")) - {""},
         extract=_extract_options(doc_timeout, doc_memory, encoding, ocr, ocr_lang),
+        speculative=None if endpoint else effective_mode(spec), draft_max=draft_max,
     )  # fmt: skip
     session = BatchSession(
         job, model_ref=model, endpoints=tuple(endpoint or ()), ctx=ctx, threads=threads,
         api_key=api_key, remote_context=remote_context, proxy=proxy, notify=_err, ray=ray,
+        draft_ref=flags.draft,
     )  # fmt: skip
+    _execute(session, dry_run, quiet, json_output, report_format)
+
+
+def _execute(
+    session: BatchSession, dry_run: bool, quiet: bool, json_output: bool, fmt: str | None
+) -> None:
+    """The dry run's plan, or the run with its progress drawn and its summary printed."""
+    from sovcli.cli.progress import make_progress
+
     if dry_run:
         _print_plan(session.plan(), json_output)
         return
     with make_progress(quiet) as progress, _running(session):
         session.progress = progress
         summary = session.run()
-    _finish(summary, output, json_output, report_format)
+    _finish(summary, session.job.output, json_output, fmt)
 
 
 @contextmanager
@@ -353,6 +371,12 @@ def summary_lines(summary: Summary, output: Path) -> list[str]:
         f"{summary.completion_tokens:,} tokens generated in {summary.seconds:.1f} s "
         f"({rate:.1f} tok/s) -> {output}"
     ]
+    if summary.drafted_tokens:
+        share = 100 * summary.accepted_tokens / summary.drafted_tokens
+        lines.append(
+            f"speculative decoding: drafted {summary.drafted_tokens:,}, "
+            f"accepted {summary.accepted_tokens:,} ({share:.0f}%)"
+        )
     if summary.truncated:
         lines.append(
             f"{summary.truncated} answers cut at --max-tokens (status truncated): redo them "

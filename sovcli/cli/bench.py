@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sovcli.cli.options import JsonOption, ModelArgument, QuietOption, ThreadsOption
+from sovcli.cli.options import (
+    DraftMaxOption,
+    DraftOption,
+    JsonOption,
+    ModelArgument,
+    QuietOption,
+    SpecOption,
+    ThreadsOption,
+)
+from sovcli.cli.speculation import SpecFlags
 from sovcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,11 +47,22 @@ def render(report: BenchReport, name: str) -> str:
         ratio = f" ({rate / single:.2f}x)" if single else ""
         rows.append((f"aggregate tg, {n_seq} sequences", f"{rate:.1f} t/s{ratio}"))
     rows.append(("peak RSS", f"{report.peak_rss_bytes / 2**20:.0f} MiB"))
+    rows.append(("speculative decoding", _spec_text(report)))
     left = max(len(test) for test, _ in rows) + 2
     right = max(len(result) for _, result in rows)
     lines = [f"{name}, {report.threads} threads", f"{'test':<{left}}{'result':>{right}}"]
     lines += [f"{test:<{left}}{result:>{right}}" for test, result in rows]
     return "\n".join(lines) + "\n"
+
+
+def _spec_text(report: BenchReport) -> str:
+    """The mode, the draft model and what was drafted and accepted over the tests."""
+    text = report.speculative + (f", draft {report.draft_model}" if report.draft_model else "")
+    if report.drafted_tokens:
+        share = 100 * report.accepted_tokens / report.drafted_tokens
+        text += f", drafted {report.drafted_tokens}, accepted {report.accepted_tokens} "
+        text += f"({share:.0f}%)"
+    return text
 
 
 def bench_command(
@@ -61,6 +81,9 @@ def bench_command(
     ] = 3,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
+    spec: SpecOption = None,
+    draft: DraftOption = None,
+    draft_max: DraftMaxOption = None,
 ) -> None:
     """Measure MODEL on this machine: prompt processing (pp) and generation (tg) tokens/s
     like llama-bench, time to first token, peak memory, and aggregate generation with
@@ -72,13 +95,16 @@ def bench_command(
       sovcli bench smollm2-135m
       sovcli bench ./model.gguf --threads 2 --json
       sovcli bench smollm2-135m --pp 512 --tg 128 --parallel 1,4,8 --repetitions 5
+      sovcli bench smollm2-135m --spec off --json
     """
     from sovcli.cli.output import print_json
     from sovcli.cli.progress import ensure_model, make_progress
     from sovcli.engine.benchmark import run_bench
 
     levels = _parse_parallel(parallel)
+    flags = SpecFlags(spec, draft, draft_max)  # --draft with --spec off: refused here
     installed = ensure_model(model, action="bench")
+    speculation = flags.resolve("bench", quiet=quiet)
     with make_progress(quiet) as progress:
         report = run_bench(
             str(installed.gguf_path),
@@ -89,6 +115,7 @@ def bench_command(
             parallel_gen=parallel_tokens,
             repetitions=repetitions,
             progress=progress,
+            **speculation.engine_fields(),
         )
     if json_output:
         print_json(report.as_dict())

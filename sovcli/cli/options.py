@@ -152,3 +152,53 @@ OcrLangOption = Annotated[
         help="Tesseract languages, e.g. eng+fra+deu (default: those of eng, fra, deu installed).",
     ),
 ]
+
+
+def _check_spec(value: str | None) -> str | None:
+    """`--spec` is one of `settings.SPEC_MODES` (any case); else a usage error (exit 2)."""
+    from sovcli.settings import SPEC_MODES
+
+    if value is None:
+        return None
+    mode = value.strip().lower()
+    if mode not in SPEC_MODES:
+        choices = ", ".join(SPEC_MODES[:-1]) + f" or {SPEC_MODES[-1]}"
+        raise typer.BadParameter(f"{value!r} is not a speculative mode; use {choices}")
+    return mode
+
+
+# Speculative decoding (docs/running.md#speculative-decoding); checked together and the
+# draft model resolved in cli/speculation.py.
+SpecOption = Annotated[
+    str | None,
+    typer.Option(
+        "--spec",
+        metavar="auto|always|off",
+        callback=_check_spec,
+        help="Speculative decoding: auto drafts tokens (from n-grams of the prompt and output, "
+        "or --draft's model) and verifies them in one step where that pays; always drafts "
+        "whenever there are drafts (for measuring); off never drafts [default: SOVCLI_SPEC, "
+        "else auto]. Only with SOVCLI_REPRODUCIBLE=0: reproducible engines do not draft. The "
+        "output keeps its distribution (greedy: the same text, up to numerical near-ties).",
+    ),
+]
+DraftOption = Annotated[
+    str | None,
+    typer.Option(
+        "--draft",
+        metavar="MODEL",
+        help="A small model that shares MODEL's vocabulary drafts the tokens (installed or "
+        "pulled like MODEL, under the site policy; needs SOVCLI_REPRODUCIBLE=0).",
+    ),
+]
+DraftMaxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--draft-max",
+        metavar="N",
+        min=1,
+        max=32,
+        help="Most tokens drafted per sequence and step (fewer where they do not pay) "
+        "[default: 8].",
+    ),
+]

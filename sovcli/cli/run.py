@@ -27,12 +27,15 @@ from sovcli.cli.inputs import (
 )
 from sovcli.cli.options import (
     CtxOption,
+    DraftMaxOption,
+    DraftOption,
     MaxTokensOption,
     MinPOption,
     OptionalModelArgument,
     RepeatPenaltyOption,
     SeedOption,
     SettingPairsOption,
+    SpecOption,
     SystemOption,
     TemperatureOption,
     ThreadsOption,
@@ -40,10 +43,12 @@ from sovcli.cli.options import (
     TopPOption,
     VerboseOption,
 )
+from sovcli.cli.speculation import SpecFlags
 from sovcli.errors import SovcliError, UsageError
 from sovcli.settings import debug_enabled, flag
 
 if TYPE_CHECKING:
+    from sovcli.cli.speculation import Speculation
     from sovcli.engine.chat_session import ChatSession, RunSettings
     from sovcli.engine.conversation import SavedConversation
     from sovcli.engine.core import Engine
@@ -106,6 +111,7 @@ class RunJob:
     stats: bool = False
     threads: int | None = None
     verbose: bool = False
+    spec: SpecFlags = field(default_factory=SpecFlags)
 
 
 def _setting_pairs(pairs: list[str] | None, flags: dict[str, Any]) -> dict[str, Any]:
@@ -122,29 +128,37 @@ def _setting_pairs(pairs: list[str] | None, flags: dict[str, Any]) -> dict[str, 
     return options
 
 
-def _resolve(ref: str, action: str) -> tuple[InstalledModel, Preset | None]:
-    """MODEL through the store (pulled if needed) and the site policy (`action`), and the
-    preset of a created model (None for any other)."""
+def _resolve(
+    ref: str, action: str, spec: SpecFlags
+) -> tuple[InstalledModel, Preset | None, Speculation]:
+    """MODEL (and the --draft model) through the store (pulled if needed) and the site policy
+    (`action`), and the preset of a created model (None for any other)."""
     from sovcli.cli.progress import ensure_model
     from sovcli.governance.audit import require_trail
     from sovcli.store.preset import preset_of
 
     installed = ensure_model(ref, action=action)
+    speculation = spec.resolve(action)
     require_trail()  # fail closed: no answer unless its audit record can be written
-    return installed, preset_of(installed)
+    return installed, preset_of(installed), speculation
 
 
 def _load(
-    installed: InstalledModel, settings: RunSettings, threads: int | None, verbose: bool
+    installed: InstalledModel,
+    settings: RunSettings,
+    threads: int | None,
+    verbose: bool,
+    speculation: Speculation,
 ) -> Engine:
-    """Load the model with the context and chat template the settings ask for."""
+    """Load the model with the context, chat template and speculation the settings ask for."""
     from sovcli.engine.conversation import use_template
     from sovcli.engine.core import Engine
     from sovcli.engine.types import EngineConfig
 
     config = EngineConfig(
-        model_path=str(installed.gguf_path), n_ctx=settings.ctx, n_threads=threads, verbose=verbose
-    )
+        model_path=str(installed.gguf_path), n_ctx=settings.ctx, n_threads=threads,
+        verbose=verbose, **speculation.engine_fields(),
+    )  # fmt: skip
     engine = Engine(config)
     use_template(engine, settings.template)
     return engine
@@ -315,6 +329,9 @@ def run_command(
     raw: RawOption = False,
     stats: StatsOption = False,
     verbose: VerboseOption = False,
+    spec: SpecOption = None,
+    draft: DraftOption = None,
+    draft_max: DraftMaxOption = None,
 ) -> None:
     """Run MODEL on one prompt and stream the reply to stdout.
 
@@ -333,6 +350,8 @@ def run_command(
 
       sovcli run smollm2-135m "List two colours" --schema colours.json
 
+      SOVCLI_REPRODUCIBLE=0 sovcli run smollm2-135m -a memo.txt "Repeat it." --spec auto --stats
+
       sovcli run smollm2-135m "Hello" --save && sovcli run -c "And in French?"
     """
     _check_options(system, stop)
@@ -342,7 +361,7 @@ def run_command(
     job = RunJob(
         model, prompt, system, stop, flags, _setting_pairs(option, flags), grammar,
         schema_doc, list(attach or []), continue_, save or flag("SOVCLI_SAVE_CONVERSATIONS"),
-        raw, stats, threads, verbose,
+        raw, stats, threads, verbose, SpecFlags(spec, draft, draft_max),
     )  # fmt: skip
     if raw and (job.attach or continue_):
         raise UsageError("--raw cannot be used with -a or -c (they need the chat template)")
@@ -362,13 +381,14 @@ def _run(job: RunJob) -> None:
     if text is None and not documents and saved is None:  # a terminal and no prompt: chat
         if job.grammar is not None:
             raise UsageError("--format and --schema need a prompt", hint='sovcli run MODEL "..."')
-        _chat(ref, job.flags, job.options, job.system, job.threads, job.verbose, job.stop)
+        _chat(ref, job.flags, job.options, job.system, job.threads, job.verbose, job.stop,
+              job.spec)  # fmt: skip
         return
     if text is None or not text.strip():
         raise UsageError("the prompt is empty", hint='Give a prompt: sovcli run MODEL "..."')
-    installed, preset = _resolve(ref, "run")
+    installed, preset, speculation = _resolve(ref, "run", job.spec)
     settings = combine_settings(job.flags, job.options, preset, system=job.system, stop=job.stop)
-    engine = _load(installed, settings, job.threads, job.verbose)
+    engine = _load(installed, settings, job.threads, job.verbose, speculation)
     try:
         if job.raw:
             result = _generate(engine, text, settings, job.grammar)
@@ -381,7 +401,7 @@ def _run(job: RunJob) -> None:
         engine.close()
     audit_answer("run", installed, result, engine=engine, prompt=messages or text,
                  params=settings.sampling(job.grammar), max_tokens=settings.max_tokens,
-                 stop=list(settings.stop))  # fmt: skip
+                 stop=list(settings.stop), **speculation.audit_fields())  # fmt: skip
     _finish(job, result, installed, messages)
 
 
@@ -468,6 +488,9 @@ def chat_command(
     ctx: CtxOption = None,
     threads: ThreadsOption = None,
     verbose: VerboseOption = False,
+    spec: SpecOption = None,
+    draft: DraftOption = None,
+    draft_max: DraftMaxOption = None,
 ) -> None:
     """Chat with MODEL in an interactive session (replies stream as they are written).
 
@@ -486,8 +509,9 @@ def chat_command(
     flags = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p}
     flags |= {"repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens, "ctx": ctx}
     options = _setting_pairs(option, flags)
+    spec_flags = SpecFlags(spec, draft, draft_max)
     ref, _prompt = pick_model(model, None)
-    _chat(ref, flags, options, system, threads, verbose, None)
+    _chat(ref, flags, options, system, threads, verbose, None, spec_flags)
 
 
 def _chat(
@@ -498,15 +522,16 @@ def _chat(
     threads: int | None,
     verbose: bool,
     stop: list[str] | None,
+    spec: SpecFlags,
 ) -> None:
     """Load the model and run the chat REPL until the user leaves."""
     from sovcli.engine.chat_session import RUN_DEFAULTS, ChatSession, combine_settings
     from sovcli.governance.audit import audit_answer
 
-    installed, preset = _resolve(ref, "chat")
+    installed, preset, speculation = _resolve(ref, "chat", spec)
     defaults = RUN_DEFAULTS | {"max_tokens": 1024}
     settings = combine_settings(flags, options, preset, system=system, stop=stop, defaults=defaults)
-    engine = _load(installed, settings, threads, verbose)
+    engine = _load(installed, settings, threads, verbose, speculation)
     try:
         session = ChatSession(
             engine,
@@ -518,7 +543,8 @@ def _chat(
         )
         session.on_answer = lambda result, conversation: audit_answer(
             "chat", installed, result, engine=engine, prompt=conversation,
-            params=session.sampling, max_tokens=session.max_tokens, stop=session.stop)  # fmt: skip
+            params=session.sampling, max_tokens=session.max_tokens, stop=session.stop,
+            **speculation.audit_fields())  # fmt: skip
         chat_loop(session, interactive=sys.stdin.isatty())
     finally:
         engine.close()

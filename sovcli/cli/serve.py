@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sovcli.cli.options import CtxOption, ThreadsOption
+from sovcli.cli.options import (
+    CtxOption,
+    DraftMaxOption,
+    DraftOption,
+    SpecOption,
+    ThreadsOption,
+)
+from sovcli.cli.speculation import SpecFlags
 
 if TYPE_CHECKING:
     from sovcli.server.settings import ServedModel, ServerSettings
@@ -175,6 +182,9 @@ def serve_command(
     memory_budget: MemoryBudgetOption = None,
     all_installed: AllInstalledOption = False,
     allow_pull: AllowPullOption = False,
+    spec: SpecOption = None,
+    draft: DraftOption = None,
+    draft_max: DraftMaxOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Serve models over the OpenAI and Ollama HTTP APIs (many clients at once).
@@ -188,6 +198,7 @@ def serve_command(
 
     \b
       sovcli serve smollm2-135m --port 8080 --parallel 8
+      SOVCLI_REPRODUCIBLE=0 sovcli serve smollm2-135m --spec auto --draft-max 8
       curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]}'
 
@@ -214,6 +225,7 @@ def _settings(given: dict[str, Any]) -> ServerSettings:
     from sovcli.server.settings import Limits, ServerSettings
 
     g = SimpleNamespace(**given)
+    speculation = SpecFlags(g.spec, g.draft, g.draft_max)  # --draft with --spec off: refused
     keys = load_api_keys(g.api_key_file)
     if g.api_key_file is not None and key_file_is_shared(g.api_key_file):
         log(f"warning: {g.api_key_file} is readable by other users (chmod 600 it)")
@@ -229,10 +241,21 @@ def _settings(given: dict[str, Any]) -> ServerSettings:
         cors_origins=tuple(g.cors_origins or ()), limits=limits, log_requests=not g.quiet,
         keep_alive_s=_keep_alive(g.keep_alive), max_loaded=g.max_loaded,
         memory_budget=_memory_budget(g.memory_budget), all_installed=g.all_installed,
-        allow_pull=g.allow_pull,
+        allow_pull=g.allow_pull, **_speculation(speculation),
     )  # fmt: skip
     settings.validate()
     return settings
+
+
+def _speculation(flags: SpecFlags) -> dict[str, Any]:
+    """`ServerSettings` fields of --spec, --draft (resolved under the policy) and --draft-max."""
+    resolved = flags.resolve("serve")
+    draft = resolved.draft
+    return {
+        "speculative": resolved.mode,
+        "draft_model_path": str(draft.gguf_path) if draft is not None else None,
+        "draft_max": resolved.draft_max,
+    }
 
 
 def _default_models(all_installed: bool) -> list[str]:

@@ -7,6 +7,7 @@ import random
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sovcli.engine.types import EngineConfig, GenerationRequest, SamplingParams
@@ -28,6 +29,10 @@ class BenchReport:
     ttft_ms: float = 0.0
     peak_rss_bytes: int = 0
     parallel: dict[int, float] = field(default_factory=dict)  # sequences -> aggregate gen t/s
+    speculative: str = "off"  # the engines' speculative mode (auto | off)
+    draft_model: str | None = None  # the draft model's file (--draft), if any
+    drafted_tokens: int = 0  # speculative tokens proposed over every test
+    accepted_tokens: int = 0  # of those, confirmed by the model
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -66,6 +71,13 @@ def _generation_rate(results: list[Any]) -> float:
     return tokens / window if window > 0 else 0.0
 
 
+def _count_drafts(report: BenchReport, engine: Any) -> None:
+    """Add what the engine drafted and accepted to the report's totals."""
+    stats = engine.stats()
+    report.drafted_tokens += stats.drafted_tokens_total
+    report.accepted_tokens += stats.accepted_tokens_total
+
+
 def run_bench(
     model_path: str,
     *,
@@ -76,19 +88,31 @@ def run_bench(
     parallel_gen: int = 64,
     repetitions: int = 3,
     progress: Progress | None = None,
+    speculative: str | None = None,
+    draft_model_path: str | None = None,
+    draft_max: int | None = None,
 ) -> BenchReport:
-    """Load the model, measure, and return a BenchReport (`progress` hears each phase)."""
+    """Load the model, measure, and return a BenchReport (`progress` hears each phase).
+
+    `speculative`, `draft_model_path` and `draft_max` are EngineConfig's (None: its
+    defaults); the report says which mode ran and how many tokens were drafted and accepted.
+    """
     from sovcli.engine.core import Engine
 
     say = (progress or NULL_PROGRESS).note
     rng = random.Random(1234)
+    spec: dict[str, Any] = {"speculative": speculative, "draft_model_path": draft_model_path}
+    if draft_max is not None:
+        spec["draft_max"] = draft_max
     config = EngineConfig(
-        model_path=model_path, n_ctx=max(512, n_prompt + n_gen + 16), n_threads=threads
+        model_path=model_path, n_ctx=max(512, n_prompt + n_gen + 16), n_threads=threads, **spec
     )
     with Engine(config) as engine:
         report = BenchReport(
-            model=engine.info.name, threads=engine.n_threads, n_prompt=n_prompt, n_gen=n_gen
-        )
+            model=engine.info.name, threads=engine.n_threads, n_prompt=n_prompt, n_gen=n_gen,
+            speculative=engine.speculative,
+            draft_model=Path(draft_model_path).name if draft_model_path else None,
+        )  # fmt: skip
         n_vocab = engine.info.n_vocab
         say("bench: warming up")
         engine.generate(
@@ -119,6 +143,7 @@ def run_bench(
         report.pp_tokens_per_s = _median(pp)
         report.tg_tokens_per_s = _median(tg)
         report.ttft_ms = _median(ttft)
+        _count_drafts(report, engine)
 
     if parallel:
         n_seq_max = max(parallel)
@@ -127,6 +152,7 @@ def run_bench(
             n_ctx=max(256, parallel_gen + 64),
             n_parallel=n_seq_max,
             n_threads=threads,
+            **spec,
         )
         with Engine(config) as engine:
             engine.generate(GenerationRequest(_random_prompt(rng, n_vocab, 8), max_tokens=4))
@@ -149,5 +175,6 @@ def run_bench(
                     results = [s.result() for s in streams]
                     rates.append(_generation_rate(results))
                 report.parallel[n_seq] = _median(rates)
+            _count_drafts(report, engine)
     report.peak_rss_bytes = peak_rss_bytes()
     return report

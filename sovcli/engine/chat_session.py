@@ -216,14 +216,20 @@ def _kind_name(kind: type) -> str:
 def format_stats(result: GenerationResult) -> str:
     """One line of speed figures for `run --stats` and `/stats`."""
     evaluated = result.prompt_tokens - result.cached_prompt_tokens
-    return (
+    parts = [
         f"prompt: {result.prompt_tokens} tokens ({result.cached_prompt_tokens} cached, "
-        f"{evaluated} evaluated) at {result.prompt_tokens_per_s:.1f} t/s | "
+        f"{evaluated} evaluated) at {result.prompt_tokens_per_s:.1f} t/s",
         f"generation: {result.completion_tokens} tokens at "
-        f"{result.generation_tokens_per_s:.1f} t/s | "
-        f"time to first token: {result.time_to_first_token_s * 1000:.0f} ms | "
-        f"finish: {result.finish_reason}"
-    )
+        f"{result.generation_tokens_per_s:.1f} t/s",
+    ]
+    if result.drafted_tokens > 0:  # speculative decoding proposed tokens
+        share = 100 * result.accepted_tokens / result.drafted_tokens
+        parts.append(
+            f"drafted {result.drafted_tokens}, accepted {result.accepted_tokens} ({share:.0f}%)"
+        )
+    parts.append(f"time to first token: {result.time_to_first_token_s * 1000:.0f} ms")
+    parts.append(f"finish: {result.finish_reason}")
+    return " | ".join(parts)
 
 
 def is_user_interrupt(exc: BaseException) -> bool:

@@ -20,11 +20,21 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
+from sovcli import settings
 from sovcli.engine import chat_template
 from sovcli.engine.prompt_cache import PromptCache, common_prefix
 from sovcli.engine.reproducible import MAX_DECODE_ROWS, MIN_PREFILL_ROWS, default_reproducible
+from sovcli.engine.speculative import (
+    Acceptance,
+    Drafter,
+    DraftQuery,
+    NgramDrafter,
+    RowCost,
+    best_draft_length,
+)
 from sovcli.engine.stream import TokenStream, WakeBatch
 from sovcli.engine.textstream import TextAssembler
 from sovcli.engine.types import (
@@ -50,6 +60,11 @@ DEFAULT_MAX_CTX = 4096
 # slot's own cells (restoring ~130 tokens of a 135M model takes ~3 ms; decoding them ~1 s).
 PROMPT_CACHE_MIN_TOKENS = 16
 PROMPT_CACHE_MIN_GAIN = 4
+# A sequence whose drafts do not pay still drafts one token after EXPLORE_EVERY steps without
+# (when its drafter has one), so that it notices when its text turns to copying; each rejected
+# try doubles the wait, up to EXPLORE_MAX steps, so chat-like text pays at most ~1% for it.
+EXPLORE_EVERY = 32
+EXPLORE_MAX = 512
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: pick a random seed
 
 
@@ -57,10 +72,16 @@ class _Job:
     """A request in flight (queued or decoding)."""
 
     __slots__ = (
+        "acceptance",
+        "accepted",
         "assembler",
         "batch_index",
         "cancelled",
+        "drafted",
+        "drafts",
+        "explore_every",
         "generated",
+        "idle_steps",
         "logprobs",
         "max_tokens",
         "n_cached",
@@ -91,6 +112,12 @@ class _Job:
         self.batch_index = -1
         self.sampler: Any = None
         self.slot: _Slot | None = None
+        self.drafts: list[int] = []  # drafted tokens riding with next_token this step
+        self.drafted = 0
+        self.accepted = 0
+        self.acceptance = Acceptance()  # replaced in `_start` by one backed by the engine's pool
+        self.idle_steps = 0  # steps since it last drafted
+        self.explore_every = EXPLORE_EVERY  # doubles after each try that is rejected
         self.cancelled = False
         self.t_submit = time.perf_counter()
         self.t_start = 0.0
@@ -131,6 +158,9 @@ class Engine:
         )
         if config.n_parallel < 1:
             raise UsageError("n_parallel must be at least 1")
+        self.speculative = _spec_mode(config, self.reproducible)
+        if not 0 <= config.draft_max <= 64:
+            raise UsageError("draft_max must be between 0 and 64")
         path = os.fspath(config.model_path)
         if not os.path.isfile(path):
             raise EngineError(f"model file not found: {path}", hint="Check the path or pull it.")
@@ -214,9 +244,58 @@ class Engine:
         self._active: list[_Job] = []
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
-        self._totals = {"prompt": 0, "cached": 0, "generated": 0, "requests": 0}
+        self._totals = {
+            "prompt": 0,
+            "cached": 0,
+            "generated": 0,
+            "requests": 0,
+            "drafted": 0,
+            "accepted": 0,
+        }
+        self._drafter: Drafter | None = None
+        self._row_cost = RowCost()
+        self._acceptance_pool = Acceptance(decay=0.98)
+        try:
+            self._drafter = self._make_drafter()
+        except BaseException:
+            self._free_context()
+            raise
         self._thread = threading.Thread(target=self._run, name="sovcli-decode", daemon=True)
         self._thread.start()
+
+    def _make_drafter(self) -> Drafter | None:
+        """The source of speculative tokens: a draft model, n-grams (`auto`), or none."""
+        config = self.config
+        if config.draft_model_path:
+            if self.speculative == "off":
+                raise UsageError(
+                    "a draft model was given but speculative decoding is off",
+                    hint="Drop --draft, or use --spec auto.",
+                )
+            from sovcli.engine.draft_model import DraftModelDrafter, vocab_fingerprint
+
+            return DraftModelDrafter(
+                os.fspath(config.draft_model_path),
+                n_parallel=config.n_parallel,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                target_vocab=vocab_fingerprint(
+                    self._ll, self._vocab, name=os.path.basename(os.fspath(config.model_path))
+                ),
+            )
+        if self.speculative != "off" and config.draft_max > 0:
+            return NgramDrafter()
+        return None
+
+    def _free_context(self) -> None:
+        """Free the batch, the context and the model (a failed start)."""
+        if self._batch is not None:
+            self._ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+        self._free_model()
 
     # ------------------------------------------------------------------ model facts
     def _meta(self, key: str) -> str | None:
@@ -440,6 +519,8 @@ class Engine:
                 prompt_tokens_total=self._totals["prompt"],
                 cached_prompt_tokens_total=self._totals["cached"],
                 generated_tokens_total=self._totals["generated"],
+                drafted_tokens_total=self._totals["drafted"],
+                accepted_tokens_total=self._totals["accepted"],
             )
 
     def validate_sampling(self, s: SamplingParams) -> None:
@@ -552,6 +633,9 @@ class Engine:
         slot.prefilled = min(slot.prefilled, reuse)
         job.n_cached = reuse
         job.pending = job.prompt[reuse:]
+        if self._drafter is not None:
+            self._drafter.reset(slot.seq_id)
+            job.acceptance = Acceptance(prior=self._acceptance_pool)
         try:
             job.sampler = self._make_sampler(job.request.sampling, job.prompt)
         except SovcliErrorForJob as exc:
@@ -663,15 +747,76 @@ class Engine:
             return
         if self.reproducible:
             sampled = [entry for entry in plan if entry[1] == 0]
-            size = MAX_DECODE_ROWS
-            groups = [sampled[i : i + size] for i in range(0, len(sampled), size)]
+            groups = self._draft_reproducible(sampled)
             groups += [[entry] for entry in plan if entry[1] > 0]
         else:
+            self._draft([job for job, take in plan if take == 0], room=self.n_batch - _rows(plan))
             groups = [plan]
         for group in groups:
             if not self._decode(group):
                 break
         self._wake.deliver()
+
+    def _draft_reproducible(self, sampled: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
+        """Split the sampled rows into calls of at most `MAX_DECODE_ROWS` rows, drafting into the
+        rows those calls leave free (never an extra call: a call re-reads every weight).
+
+        Keeping every call under 8 rows keeps drafted rows on the same kernels as sampled ones:
+        speculative output is then bitwise the plain output.
+        """
+        if not sampled:
+            return []
+        size = MAX_DECODE_ROWS
+        n_calls = -(-len(sampled) // size)
+        base, extra = divmod(len(sampled), n_calls)
+        groups: list[list[tuple[_Job, int]]] = []
+        start = 0
+        for i in range(n_calls):
+            count = base + (1 if i < extra else 0)
+            group = sampled[start : start + count]
+            start += count
+            self._draft([job for job, _ in group], room=size - len(group))
+            groups.append(group)
+        return groups
+
+    def _draft(self, jobs: list[_Job], *, room: int) -> None:
+        """Give each job the drafted tokens worth verifying this step (`room`: spare rows)."""
+        for job in jobs:
+            job.drafts = []
+        drafter = self._drafter
+        always = self.speculative == "always"
+        if drafter is None or room <= 0 or (not always and self._row_cost.need_plain_call()):
+            return
+        wanted: list[tuple[float, _Job, int]] = []
+        for job in jobs:
+            if job.request.speculative is False:
+                continue
+            most = min(self.config.draft_max, self.n_ctx - len(job.slot.cached) - 1)
+            if job.max_tokens is not None:
+                most = min(most, job.max_tokens - len(job.generated) - 1)
+            rate = job.acceptance.rate()
+            if always:
+                k = max(most, 0)
+            else:
+                k = best_draft_length(rate, self._row_cost, most) if most > 0 else 0
+            job.idle_steps = 0 if k > 0 else job.idle_steps + 1
+            if k == 0 and most > 0 and job.idle_steps >= job.explore_every:
+                k, job.idle_steps = 1, 0  # try one token now and then: acceptance changes
+            if k > 0:
+                wanted.append((rate, job, k))
+        wanted.sort(key=lambda item: -item[0])  # the likeliest to pay get the rows first
+        queries: list[DraftQuery] = []
+        for _, job, k in wanted:
+            k = min(k, room)
+            if k <= 0:
+                break
+            room -= k
+            queries.append(DraftQuery(job.slot.seq_id, _Context(job), k))
+        if not queries:
+            return
+        by_seq = {job.slot.seq_id: job for _, job, _ in wanted}
+        for query, drafts in zip(queries, drafter.draft(queries), strict=True):
+            by_seq[query.seq_id].drafts = [int(t) for t in drafts[: query.n]]
 
     def _plan(self) -> list[tuple[_Job, int]]:
         """What each job feeds this step: 0 = its next sampled token; k > 0 = k prompt tokens.
@@ -732,29 +877,26 @@ class Engine:
             slot = job.slot
             pos = len(slot.cached)
             seq_id = slot.seq_id
-            if take == 0:
-                b_token[n] = job.next_token
-                b_pos[n] = pos
-                b_nseq[n] = 1
-                b_seq[n][0] = seq_id
-                b_logits[n] = 1
-                job.batch_index = n
-                n += 1
-                continue
-            for i, token in enumerate(job.pending[:take]):
+            # A sampled token and its drafts (every row's logits wanted), or a prompt chunk.
+            rows = (job.next_token, *job.drafts) if take == 0 else job.pending[:take]
+            wanted = 1 if take == 0 else 0
+            for i, token in enumerate(rows):
                 k = n + i
                 b_token[k] = token
                 b_pos[k] = pos + i
                 b_nseq[k] = 1
                 b_seq[k][0] = seq_id
-                b_logits[k] = 0
-            if take == len(job.pending):
+                b_logits[k] = wanted
+            if take == 0:
+                job.batch_index = n
+            elif take == len(job.pending):
                 b_logits[n + take - 1] = 1
                 job.batch_index = n + take - 1
             else:
                 job.batch_index = -1
-            n += take
+            n += len(rows)
         batch.n_tokens = n
+        t0 = time.perf_counter()
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
             for job, _ in plan:
@@ -768,19 +910,56 @@ class Engine:
         for job, count in plan:
             slot = job.slot
             if count == 0:
-                slot.cached.append(job.next_token)
-            else:
-                if slot.prefilled == len(slot.cached):
-                    slot.prefilled += count
-                slot.cached.extend(job.pending[:count])
-                del job.pending[:count]
-                if job.pending:
-                    continue
-                job.t_prompt_done = now
+                self._verify(job)
+                continue
+            if slot.prefilled == len(slot.cached):
+                slot.prefilled += count
+            slot.cached.extend(job.pending[:count])
+            del job.pending[:count]
+            if job.pending:
+                continue
+            job.t_prompt_done = now
             index = job.batch_index
             token = ll.llama_sampler_sample(job.sampler, self._ctx, index)
             self._accept(job, token, index)
+        if all(take == 0 for _, take in plan):  # a decode step: what its rows cost, sampled
+            self._row_cost.observe(time.perf_counter() - t0, len(plan), n - len(plan))
         return True
+
+    def _verify(self, job: _Job) -> None:
+        """Sample a decoded sequence's rows: its next token, then each drafted token's row while
+        the drafts match what is sampled; remove the KV cells of the drafts not kept.
+
+        Every row is sampled with the job's own chain (grammar, penalties, temperature), exactly
+        as plain decoding samples one row per step; a draft is kept only where it equals that
+        sample, and the first differing sample is the step's last token (see speculative.py).
+        """
+        slot = job.slot
+        drafts, job.drafts = job.drafts, []
+        slot.cached.append(job.next_token)
+        index = job.batch_index
+        accepted = 0
+        job.drafted += len(drafts)  # counted before _accept may finish the job's result
+        self._totals["drafted"] += len(drafts)
+        sample = self._ll.llama_sampler_sample
+        for i in range(len(drafts) + 1):
+            token = sample(job.sampler, self._ctx, index + i)
+            matched = i < len(drafts) and token == drafts[i]
+            if matched:
+                accepted += 1
+                job.accepted += 1
+                self._totals["accepted"] += 1
+            self._accept(job, token, index + i)
+            if job.sampler is None or not matched:  # ended, or the drafts stop here
+                break
+            slot.cached.append(token)
+        if drafts:
+            job.acceptance.observe(len(drafts), accepted)
+            job.explore_every = (
+                EXPLORE_EVERY if accepted else min(job.explore_every * 2, EXPLORE_MAX)
+            )
+            if accepted < len(drafts) or job.sampler is None:
+                self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, len(slot.cached), -1)
 
     def _accept(self, job: _Job, token: int, index: int) -> None:
         """Handle a sampled token: EOG, text, stop strings, limits."""
@@ -880,6 +1059,8 @@ class Engine:
             generation_s=max(now - t_prompt, 0.0) if job.t_prompt_done else 0.0,
             error=error,
             logprobs=tuple(job.logprobs),
+            drafted_tokens=job.drafted,
+            accepted_tokens=job.accepted,
         )
         ids = (token,) if token is not None else ()
         job.stream.finish(result, TokenEvent(text, ids, logprobs, reason))
@@ -971,13 +1152,10 @@ class Engine:
                 ll.llama_batch_free(self._embed_batch)
                 ll.llama_free(self._embed_ctx)
                 self._embed_ctx = None
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            ll.llama_free(self._ctx)
-            self._ctx = None
-        self._free_model()
+        if self._drafter is not None:
+            self._drafter.close()
+            self._drafter = None
+        self._free_context()
 
     def _free_model(self) -> None:
         if self._model is not None:
@@ -996,6 +1174,65 @@ class Engine:
                 self.close()
         except Exception:
             pass
+
+
+def _rows(plan: list[tuple[_Job, int]]) -> int:
+    """Rows `plan` puts in the batch (a sampled token and its drafts, or a prompt chunk)."""
+    return sum(1 + len(job.drafts) if take == 0 else take for job, take in plan)
+
+
+class _Context(Sequence[int]):
+    """A job's whole context without copying it: its slot's cached tokens, then next_token."""
+
+    __slots__ = ("_cached", "_next")
+
+    def __init__(self, job: _Job) -> None:
+        self._cached = job.slot.cached
+        self._next = job.next_token
+
+    def __len__(self) -> int:
+        return len(self._cached) + 1
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if index == len(self._cached):
+            return self._next
+        if not 0 <= index < len(self._cached):
+            raise IndexError(index)
+        return self._cached[index]
+
+
+def _spec_mode(config: EngineConfig, reproducible: bool) -> str:
+    """The engine's speculative mode: the config's, else SOVCLI_SPEC, else auto.
+
+    Reproducible engines do not draft. llama.cpp 0.3.36 computes the attention of several rows
+    of one sequence with another kernel than that of one row (without flash attention, the
+    product with V goes through llamafile's tinyBLAS from 2 rows of a sequence and through
+    ggml's dot product for 1: sgemm.cpp, `n < 2`; with it, one row over >= 512 cells is split
+    over the threads: ops.cpp, `use_split_kv_path`). Verified drafts then carry logits a few
+    hundredths away from those of plain steps, so an answer would depend on what was drafted,
+    hence on load and timing. `auto` is therefore off there; asking for `always` or a draft
+    model is a UsageError that says how to turn reproducible mode off.
+    """
+    mode = config.speculative if config.speculative is not None else settings.get("SOVCLI_SPEC")
+    mode = (mode or "auto").strip().lower()
+    if mode not in settings.SPEC_MODES:
+        raise UsageError(
+            f"unknown speculative mode {mode!r}", hint="Use --spec auto, always or off."
+        )
+    if reproducible and mode != "off":
+        if mode == "always" or config.draft_model_path:
+            raise UsageError(
+                "speculative decoding cannot keep answers byte-reproducible: llama.cpp computes "
+                "several rows of one sequence with other kernels than one row",
+                hint="Set SOVCLI_REPRODUCIBLE=0 to use it (answers then depend on the batch), "
+                "or use --spec off.",
+            )
+        return "off"
+    return mode
 
 
 class SovcliErrorForJob(Exception):

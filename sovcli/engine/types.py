@@ -42,6 +42,12 @@ class EngineConfig:
     # Batch-invariant decoding: a sequence's output does not depend on what else is decoded
     # with it (see engine/reproducible.py). None: SOVCLI_REPRODUCIBLE (on by default).
     reproducible: bool | None = None
+    # Speculative decoding (sovcli/engine/speculative.py): "auto" drafts from n-grams of each
+    # sequence's own prompt and output where the measured cost model says it pays; "always"
+    # drafts whenever the drafter has tokens; "off" never. None: SOVCLI_SPEC (auto by default).
+    speculative: str | None = None
+    draft_model_path: str | None = None  # a small model sharing the vocabulary drafts instead
+    draft_max: int = 8  # most drafted tokens per sequence and step
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class GenerationRequest:
     parse_special: bool = True  # text prompts: treat <|im_start|> etc. as special tokens
     request_id: str | None = None
     ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
+    speculative: bool | None = None  # None: the engine's setting; False: never draft for it
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,8 @@ class GenerationResult:
     generation_s: float
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    drafted_tokens: int = 0  # speculative tokens proposed for this request
+    accepted_tokens: int = 0  # of those, how many the model confirmed
 
     @property
     def prompt_tokens_per_s(self) -> float:
@@ -164,6 +173,8 @@ class EngineStats:
     prompt_tokens_total: int = 0
     cached_prompt_tokens_total: int = 0  # prompt tokens served from the KV cache
     generated_tokens_total: int = 0
+    drafted_tokens_total: int = 0  # speculative decoding: proposed tokens
+    accepted_tokens_total: int = 0  # speculative decoding: confirmed tokens
 
 
 class GenerationStream(Protocol):

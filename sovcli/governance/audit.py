@@ -155,12 +155,17 @@ def audit_answer(
 ) -> dict[str, Any]:
     """One record per answer of `run` or `chat`: the model and its digest, token counts,
     finish reason and duration (`result` is the engine's GenerationResult), and how the
-    `engine` ran (reproducible mode, context: what a replay needs); the prompt and the
+    `engine` ran (reproducible mode, context: what a replay needs; speculative mode and
+    the draft model, `draft_model_fields`, else the draft file's name); the prompt and the
     answer only with SOVCLI_AUDIT_CONTENT=1."""
     from sovcli.governance.identity import model_digest
 
     if engine is not None:
         fields.setdefault("reproducible", getattr(engine, "reproducible", None))
+        fields.setdefault("speculative", getattr(engine, "speculative", None))
+        draft_path = getattr(getattr(engine, "config", None), "draft_model_path", None)
+        if draft_path:
+            fields.setdefault("draft_model", Path(draft_path).name)
         fields.setdefault("context", engine.info.n_ctx)
     digest = model_digest(model)
     return audit_event(
@@ -176,6 +181,18 @@ def audit_answer(
         completion=result.text,
         **fields,
     )
+
+
+def draft_model_fields(model: InstalledModel) -> dict[str, Any]:
+    """`draft_model` (its `name:tag`, or its file for a bare .gguf) and `draft_model_digest`
+    of the model that drafted an answer's tokens (`--draft`)."""
+    from sovcli.governance.identity import model_digest
+
+    digest = model_digest(model)
+    return {
+        "draft_model": model.ref if digest else str(model.gguf_path),
+        "draft_model_digest": digest,
+    }
 
 
 def audit_store_change(action: str, model: Any, **fields: Any) -> dict[str, Any]:
@@ -215,15 +232,15 @@ def audit_batch_record(record: dict[str, Any], *, journal: Path) -> dict[str, An
     """One record per batch document, from its journal record: the document (path and
     sha256), the model digest, counts, status; the answer only with SOVCLI_AUDIT_CONTENT=1."""
     model = record.get("model") if isinstance(record.get("model"), dict) else {}
-    file_sha = model.get("file_sha256")
-    digest = f"sha256:{file_sha}" if file_sha else None
-    if digest is None and model.get("manifest_sha256") and isinstance(model.get("ref"), str):
-        digest = _store_digest(model["ref"], model["manifest_sha256"])
     tokens = record.get("tokens") if isinstance(record.get("tokens"), dict) else {}
+    draft = record.get("draft_model")
+    extra: dict[str, Any] = {}
+    if isinstance(draft, dict):  # only with --draft: an answer's record says which model
+        extra = {"draft_model": draft.get("ref"), "draft_model_digest": _journal_digest(draft)}
     return audit_event(
         "batch_document",
         model=model.get("ref") or model.get("remote"),
-        model_digest=digest,
+        model_digest=_journal_digest(model),
         document=record.get("path"),
         document_sha256=record.get("sha256"),
         journal=str(journal),
@@ -236,8 +253,21 @@ def audit_batch_record(record: dict[str, Any], *, journal: Path) -> dict[str, An
         prompt_sha256=record.get("prompt_sha256"),
         params_sha256=record.get("params_sha256"),
         reproducible=record.get("reproducible"),
+        speculative=record.get("speculative"),
+        **extra,
         completion=record.get("output"),
     )
+
+
+def _journal_digest(model: dict[str, Any]) -> str | None:
+    """The digest of a model as a batch record names it (`file_sha256`, or the installed
+    model whose manifest has `manifest_sha256`)."""
+    file_sha = model.get("file_sha256")
+    if file_sha:
+        return f"sha256:{file_sha}"
+    if model.get("manifest_sha256") and isinstance(model.get("ref"), str):
+        return _store_digest(model["ref"], model["manifest_sha256"])
+    return None
 
 
 def seal(key_path: Path, chain: Path | None = None) -> dict[str, Any]:

@@ -452,7 +452,7 @@ class Handlers:
                 (handle.id, stats.active_sequences, stats.queued_requests, stats.n_parallel)
             )
         return Response(
-            self.state.metrics.render(samples),
+            self.state.metrics.render(samples, self.state.registry.draft_totals()),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 

@@ -104,6 +104,21 @@ class Histogram:
         return lines
 
 
+DRAFT_METRICS = (
+    ("sovcli_draft_tokens_total", "Tokens drafted by speculative decoding (all models)."),
+    (
+        "sovcli_draft_accepted_tokens_total",
+        "Drafted tokens the model confirmed (all models); accepted / drafted is the rate.",
+    ),
+)
+
+
+def render_total(metric: tuple[str, str], value: int) -> list[str]:
+    """Exposition lines of a counter without labels, whose value is kept elsewhere."""
+    name, help_text = metric
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {_number(value)}"]
+
+
 def render_gauge(name: str, help_text: str, label_names: Labels, samples: Iterable) -> list[str]:
     """Exposition lines for a gauge sampled now: `samples` yields (label values, value)."""
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
@@ -139,11 +154,17 @@ class ServerMetrics:
         )
         self.in_flight = 0
 
-    def render(self, engine_samples: list[tuple[str, int, int, int]]) -> str:
-        """The whole exposition; `engine_samples` holds (model, active, queued, parallel)."""
+    def render(
+        self, engine_samples: list[tuple[str, int, int, int]], drafts: tuple[int, int] = (0, 0)
+    ) -> str:
+        """The whole exposition; `engine_samples` holds (model, active, queued, parallel),
+        `drafts` the speculative tokens drafted and accepted since the server started
+        (`ModelRegistry.draft_totals`)."""
         lines: list[str] = []
         for metric in (self.requests, self.prompt_tokens, self.generated_tokens):
             lines.extend(metric.render())
+        lines.extend(render_total(DRAFT_METRICS[0], drafts[0]))
+        lines.extend(render_total(DRAFT_METRICS[1], drafts[1]))
         lines.extend(self.latency.render())
         lines.extend(self.ttft.render())
         lines.extend(

@@ -40,11 +40,20 @@ DEFAULT_TAG = "latest"  # Ollama clients add `:latest` to a name without a tag
 
 
 def default_engine_factory(model: ServedModel, settings: ServerSettings) -> EngineProtocol:
-    """Load `model` with the shared engine (continuous batching over `settings.parallel`)."""
+    """Load `model` with the shared engine (continuous batching over `settings.parallel`).
+
+    `--draft` drafts for the models named at start only: one found in the store on demand
+    (--all-installed) may not share the draft model's vocabulary, so it drafts from n-grams.
+    """
     from sovcli.engine.conversation import use_template
     from sovcli.engine.core import Engine
 
     preset = model.preset  # a created model's: its context and chat template, unless --ctx
+    spec: dict[str, Any] = {"speculative": settings.speculative}
+    if settings.draft_model_path and not model.from_store:
+        spec["draft_model_path"] = settings.draft_model_path
+    if settings.draft_max is not None:
+        spec["draft_max"] = settings.draft_max
     engine = Engine(
         EngineConfig(
             model_path=model.path,
@@ -52,6 +61,7 @@ def default_engine_factory(model: ServedModel, settings: ServerSettings) -> Engi
             n_parallel=settings.parallel,
             n_threads=settings.threads,
             prompt_cache_mib=settings.prompt_cache_mib,
+            **spec,
         )
     )
     use_template(engine, preset.template if preset else None)
@@ -188,6 +198,7 @@ class ModelRegistry:
         self._scan_lock = threading.Lock()
         self._load_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
+        self._unloaded_drafts = (0, 0)  # drafted, accepted by engines since unloaded
 
     # ---- names ------------------------------------------------------------------------
     def _add(self, served: ServedModel) -> ModelHandle:
@@ -481,6 +492,7 @@ class ModelRegistry:
             return False
         if not engine.retire():
             return False
+        self._keep_draft_totals(engine)
         handle.engine, handle.state, handle.loaded_at = None, "unloaded", None
         freed, handle.memory_bytes = handle.memory_bytes, 0
         await asyncio.to_thread(engine.close)
@@ -510,6 +522,27 @@ class ModelRegistry:
                 if now - handle.last_used < MIN_IDLE_S:
                     continue
                 await self.unload(handle, reason="idle")
+
+    # ---- speculative decoding counters -------------------------------------------------
+    def draft_totals(self) -> tuple[int, int]:
+        """Tokens drafted and accepted by every engine since the server started (the loaded
+        ones' `EngineStats` totals plus those of engines since unloaded): /metrics counters."""
+        drafted, accepted = self._unloaded_drafts
+        for handle in self._handles:
+            if handle.engine is not None:
+                stats = handle.engine.inner.stats()  # the inner engine: a retired one answers
+                drafted += stats.drafted_tokens_total
+                accepted += stats.accepted_tokens_total
+        return drafted, accepted
+
+    def _keep_draft_totals(self, engine: GuardedEngine) -> None:
+        """Add an engine's totals to the unloaded ones' before it goes (counters never drop)."""
+        stats = engine.inner.stats()
+        drafted, accepted = self._unloaded_drafts
+        self._unloaded_drafts = (
+            drafted + stats.drafted_tokens_total,
+            accepted + stats.accepted_tokens_total,
+        )
 
     # ---- status and shutdown ----------------------------------------------------------
     def status(self) -> str:

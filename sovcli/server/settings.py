@@ -9,6 +9,7 @@ from typing import Any
 
 from sovcli.engine.types import MIN_CTX
 from sovcli.errors import UsageError
+from sovcli.settings import SPEC_MODES
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
@@ -77,6 +78,11 @@ class ServerSettings:
     memory_budget: int | None = None  # bytes for loaded models (estimated); LRU idle evicted
     all_installed: bool = False  # also serve, loaded on first request, any installed model
     allow_pull: bool = False  # POST /api/pull may pull through sovcli's own pull (and policy)
+    # Speculative decoding (EngineConfig): "auto" | "off" | None (SOVCLI_SPEC, else auto); a
+    # draft model (its GGUF) for the models named at start; most drafted tokens per step.
+    speculative: str | None = None
+    draft_model_path: str | None = None
+    draft_max: int | None = None
 
     def validate(self) -> None:
         """Raise `UsageError` for settings that must not start (e.g. open bind without keys)."""
@@ -100,6 +106,7 @@ class ServerSettings:
             raise UsageError(f"--ctx must be at least {MIN_CTX} tokens")
         if self.prompt_cache_mib < 0:
             raise UsageError("--prompt-cache must be >= 0 MiB (0 turns it off)")
+        self._validate_speculation()
         limits = self.limits
         if limits.header_timeout_s <= 0 or limits.body_timeout_s <= 0:
             raise UsageError("--header-timeout and the body timeout must be above 0 seconds")
@@ -123,6 +130,25 @@ class ServerSettings:
                         hint="Serve each model once, under distinct names.",
                     )
                 ids[name] = model.path
+
+    def _validate_speculation(self) -> None:
+        if self.speculative is not None and self.speculative not in SPEC_MODES:
+            raise UsageError(
+                f"unknown speculative mode {self.speculative!r}",
+                hint=f"Use --spec {' or '.join(SPEC_MODES)}.",
+            )
+        if self.draft_max is not None and not 1 <= self.draft_max <= 32:
+            raise UsageError("--draft-max must be between 1 and 32")
+        if self.draft_model_path and self.speculative == "off":
+            raise UsageError(
+                "--draft needs speculative decoding, but --spec off turns it off",
+                hint="Drop --draft, or use --spec auto.",
+            )
+        if self.draft_model_path and not self.models:
+            raise UsageError(
+                "--draft drafts for the models named on the command line, and none is",
+                hint="Name the model it drafts for: sovcli serve MODEL --draft DRAFT_MODEL",
+            )
 
     @property
     def auth_enabled(self) -> bool:

@@ -93,7 +93,9 @@ def local_cluster(head_home: Path, worker_home: Path, cpus: int = 1) -> Iterator
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     base = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
     port, worker_port = free_port(), free_port()
-    common = ["--num-cpus", str(cpus), "--disable-usage-stats", "--temp-dir", str(temp)]
+    # no log monitor: sovcli drivers do not take workers' logs (log_to_driver=False)
+    common = ["--num-cpus", str(cpus), "--disable-usage-stats", "--temp-dir", str(temp),
+              "--include-log-monitor", "false"]  # fmt: skip
     try:
         _ray_start(
             ["--head", "--port", str(port), "--include-dashboard", "false", *common],

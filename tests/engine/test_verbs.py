@@ -156,12 +156,16 @@ def test_run_applies_a_created_models_preset_and_flags_override_it(pirate: str) 
     assert created.stdout == same.stdout
     assert _stats(created.stderr) == _stats(same.stderr)
     assert _stats(created.stderr)["generated"] == 6  # the preset's max_tokens
-    base = sovcli("run", "smollm2-135m", "Where is the treasure?", "--stats", "--max-tokens", "1")
+    base = sovcli(
+        "run", "smollm2-135m", "Where is the treasure?", "--stats", "--max-tokens", "1", *THREADS
+    )
     # without it the template's own default system prompt is used: another prompt
     assert _stats(base.stderr)["prompt"] != _stats(created.stderr)["prompt"]
     flag = sovcli("run", pirate, "Where is the treasure?", "--max-tokens", "3", "--stats", *THREADS)
     assert _stats(flag.stderr)["generated"] == 3
-    option = sovcli("run", pirate, "Where is the treasure?", "-o", "max_tokens", "2", "--stats")
+    option = sovcli(
+        "run", pirate, "Where is the treasure?", "-o", "max_tokens", "2", "--stats", *THREADS
+    )
     assert _stats(option.stderr)["generated"] == 2
 
 
@@ -342,7 +346,7 @@ def test_default_model_is_used_when_model_is_left_out(installed_smollm2) -> None
     assert by_default.stdout == named.stdout and by_default.stdout.strip()
     piped = sovcli("run", *args, stdin="Name a colour.", env=env)
     assert piped.stdout == named.stdout
-    chat = sovcli("chat", "--temperature", "0", "--max-tokens", "5", stdin="Hello\n", env=env)
+    chat = sovcli("chat", *args, stdin="Hello\n", env=env)
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
 
 

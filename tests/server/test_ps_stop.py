@@ -132,11 +132,11 @@ def test_ps_and_stop_errors_are_one_line(two_models):
 
 @pytest.mark.slow
 def test_real_server_loads_on_demand_and_unloads_when_idle(smollm2_gguf, tmp_path):
-    server = start_server(smollm2_gguf, tmp_path, "--keep-alive", "3s", "--parallel", "2",
-                          "--ctx", "512", keys=f"team-a:{API_KEY}")  # fmt: skip
+    server = start_server(smollm2_gguf, tmp_path, "--keep-alive", "1s", "--parallel", "2",
+                          "--ctx", "512", "--threads", "1", keys=f"team-a:{API_KEY}")  # fmt: skip
     try:
         name = str(smollm2_gguf)
-        assert wait_until(lambda: _loaded(server.url) == [], timeout=60)  # idle 3 s: unloaded
+        assert wait_until(lambda: _loaded(server.url) == [], timeout=60)  # idle 1 s: unloaded
         assert "no model loaded" in sovcli("ps", "--url", server.url).stdout
         client = ollama.Client(host=server.url, headers=AUTH, timeout=120)
         messages = [{"role": "user", "content": "Hi"}]
