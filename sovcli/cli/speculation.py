@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sovcli.engine.reproducible import default_reproducible
-from sovcli.errors import UsageError
+from sovcli.engine.speculative import resolve_mode
 
 if TYPE_CHECKING:
     from sovcli.store.model import InstalledModel
@@ -25,23 +25,8 @@ class SpecFlags:
     draft_max: int | None = None  # --draft-max N (None: the engine's default)
 
     def __post_init__(self) -> None:
-        mode = effective_mode(self.mode)
-        if self.draft is not None and mode == "off":
-            given = "--spec off" if self.mode == "off" else "SOVCLI_SPEC=off"
-            raise UsageError(
-                f"--draft needs speculative decoding, but {given} turns it off",
-                hint="Drop --draft, or use --spec auto.",
-            )
-        if (self.draft is not None or mode == "always") and default_reproducible():
-            # Refused here, before a draft model is pulled, as the engine would refuse it:
-            # reproducible engines do not draft (`auto` is off there).
-            asked = "--draft" if self.draft is not None else "--spec always"
-            raise UsageError(
-                f"{asked} cannot keep answers byte-reproducible (SOVCLI_REPRODUCIBLE is on): "
-                "verified drafts go through other llama.cpp kernels than plain steps",
-                hint="Set SOVCLI_REPRODUCIBLE=0 to use it (answers then depend on the batch), "
-                "or drop it.",
-            )
+        # Refused here, before a draft model is pulled, by the rule the engine applies.
+        resolve_mode(self.mode, reproducible=default_reproducible(), draft=self.draft is not None)
 
     def resolve(self, action: str, quiet: bool = False) -> Speculation:
         """The draft model from the store (pulled if needed), once the site policy allows

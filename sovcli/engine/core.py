@@ -23,10 +23,14 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from sovcli import settings
 from sovcli.engine import chat_template
 from sovcli.engine.prompt_cache import PromptCache, common_prefix
-from sovcli.engine.reproducible import MAX_DECODE_ROWS, MIN_PREFILL_ROWS, default_reproducible
+from sovcli.engine.reproducible import (
+    MAX_DECODE_ROWS,
+    MIN_PREFILL_ROWS,
+    default_reproducible,
+    prefill_chunk,
+)
 from sovcli.engine.speculative import (
     Acceptance,
     Drafter,
@@ -34,6 +38,7 @@ from sovcli.engine.speculative import (
     NgramDrafter,
     RowCost,
     best_draft_length,
+    resolve_mode,
 )
 from sovcli.engine.stream import TokenStream, WakeBatch
 from sovcli.engine.textstream import TextAssembler
@@ -158,7 +163,9 @@ class Engine:
         )
         if config.n_parallel < 1:
             raise UsageError("n_parallel must be at least 1")
-        self.speculative = _spec_mode(config, self.reproducible)
+        self.speculative = resolve_mode(
+            config.speculative, reproducible=self.reproducible, draft=bool(config.draft_model_path)
+        )
         if not 0 <= config.draft_max <= 64:
             raise UsageError("draft_max must be between 0 and 64")
         path = os.fspath(config.model_path)
@@ -266,12 +273,7 @@ class Engine:
     def _make_drafter(self) -> Drafter | None:
         """The source of speculative tokens: a draft model, n-grams (`auto`), or none."""
         config = self.config
-        if config.draft_model_path:
-            if self.speculative == "off":
-                raise UsageError(
-                    "a draft model was given but speculative decoding is off",
-                    hint="Drop --draft, or use --spec auto.",
-                )
+        if config.draft_model_path:  # resolve_mode refused a draft model with speculation off
             from sovcli.engine.draft_model import DraftModelDrafter, vocab_fingerprint
 
             return DraftModelDrafter(
@@ -854,12 +856,8 @@ class Engine:
         return plan
 
     def _chunk(self, pending: int) -> int:
-        """A prompt chunk of one micro-batch at most, never leaving a last chunk shorter than
-        `MIN_PREFILL_ROWS`."""
-        take = min(pending, self.n_ubatch)
-        if 0 < pending - take < MIN_PREFILL_ROWS:
-            take = max(pending - MIN_PREFILL_ROWS, 1)
-        return take
+        """A prompt chunk of one micro-batch at most (see `reproducible.prefill_chunk`)."""
+        return prefill_chunk(pending, self.n_ubatch)
 
     def _decode(self, plan: list[tuple[_Job, int]]) -> bool:
         """Decode `plan` in one llama_decode, then sample; False when llama_decode failed."""
@@ -1203,36 +1201,6 @@ class _Context(Sequence[int]):
         if not 0 <= index < len(self._cached):
             raise IndexError(index)
         return self._cached[index]
-
-
-def _spec_mode(config: EngineConfig, reproducible: bool) -> str:
-    """The engine's speculative mode: the config's, else SOVCLI_SPEC, else auto.
-
-    Reproducible engines do not draft. llama.cpp 0.3.36 computes the attention of several rows
-    of one sequence with another kernel than that of one row (without flash attention, the
-    product with V goes through llamafile's tinyBLAS from 2 rows of a sequence and through
-    ggml's dot product for 1: sgemm.cpp, `n < 2`; with it, one row over >= 512 cells is split
-    over the threads: ops.cpp, `use_split_kv_path`). Verified drafts then carry logits a few
-    hundredths away from those of plain steps, so an answer would depend on what was drafted,
-    hence on load and timing. `auto` is therefore off there; asking for `always` or a draft
-    model is a UsageError that says how to turn reproducible mode off.
-    """
-    mode = config.speculative if config.speculative is not None else settings.get("SOVCLI_SPEC")
-    mode = (mode or "auto").strip().lower()
-    if mode not in settings.SPEC_MODES:
-        raise UsageError(
-            f"unknown speculative mode {mode!r}", hint="Use --spec auto, always or off."
-        )
-    if reproducible and mode != "off":
-        if mode == "always" or config.draft_model_path:
-            raise UsageError(
-                "speculative decoding cannot keep answers byte-reproducible: llama.cpp computes "
-                "several rows of one sequence with other kernels than one row",
-                hint="Set SOVCLI_REPRODUCIBLE=0 to use it (answers then depend on the batch), "
-                "or use --spec off.",
-            )
-        return "off"
-    return mode
 
 
 class SovcliErrorForJob(Exception):

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sovcli.engine.reproducible import MAX_DECODE_ROWS, MIN_PREFILL_ROWS
+from sovcli.engine.reproducible import MAX_DECODE_ROWS, MIN_PREFILL_ROWS, prefill_chunk
 from sovcli.engine.speculative import DraftQuery
 from sovcli.errors import EngineError, UsageError
 from sovcli.llamacpp import llama
@@ -121,11 +121,8 @@ def _chunk_sizes(total: int, ubatch: int) -> list[int]:
     last one never shorter than `MIN_PREFILL_ROWS` (a short chunk takes other kernels)."""
     sizes: list[int] = []
     while total > 0:
-        size = min(total, ubatch)
-        if total - size < MIN_PREFILL_ROWS:
-            size = total if total <= ubatch else total - MIN_PREFILL_ROWS
-        sizes.append(size)
-        total -= size
+        sizes.append(prefill_chunk(total, ubatch))
+        total -= sizes[-1]
     return sizes
 
 

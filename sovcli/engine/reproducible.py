@@ -32,3 +32,12 @@ MAX_DECODE_ROWS = 7
 def default_reproducible() -> bool:
     """`SOVCLI_REPRODUCIBLE` (on unless set to 0): what an engine does when not told."""
     return settings.raw("SOVCLI_REPRODUCIBLE") is None or settings.flag("SOVCLI_REPRODUCIBLE")
+
+
+def prefill_chunk(pending: int, ubatch: int) -> int:
+    """The next prompt chunk of `pending` rows: one micro-batch at most, never leaving a last
+    chunk shorter than `MIN_PREFILL_ROWS` (a short chunk takes other kernels)."""
+    take = min(pending, ubatch)
+    if 0 < pending - take < MIN_PREFILL_ROWS:
+        take = max(pending - MIN_PREFILL_ROWS, 1)
+    return take

@@ -22,6 +22,48 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sovcli import settings
+from sovcli.errors import UsageError
+
+
+def resolve_mode(mode: str | None, *, reproducible: bool, draft: bool) -> str:
+    """The speculative mode in force: `mode` (--spec), else SOVCLI_SPEC, else auto; a
+    UsageError for an unknown mode or a combination that cannot run (called by the engine,
+    and by the CLI before it pulls a draft model).
+
+    Reproducible engines do not draft. llama.cpp 0.3.36 computes the attention of several rows
+    of one sequence with another kernel than that of one row (without flash attention, the
+    product with V goes through llamafile's tinyBLAS from 2 rows of a sequence and through
+    ggml's dot product for 1: sgemm.cpp, `n < 2`; with it, one row over >= 512 cells is split
+    over the threads: ops.cpp, `use_split_kv_path`). Verified drafts then carry logits a few
+    hundredths away from those of plain steps, so an answer would depend on what was drafted,
+    hence on load and timing. `auto` is therefore off there; `always` or a draft model is a
+    UsageError that says how to turn reproducible mode off.
+    """
+    chosen = ((mode if mode is not None else settings.get("SOVCLI_SPEC")) or "auto").strip()
+    chosen = chosen.lower()
+    if chosen not in settings.SPEC_MODES:
+        raise UsageError(
+            f"unknown speculative mode {chosen!r}", hint="Use --spec auto, always or off."
+        )
+    if draft and chosen == "off":
+        given = "--spec off" if mode == "off" else "SOVCLI_SPEC=off"
+        raise UsageError(
+            f"--draft needs speculative decoding, but {given} turns it off",
+            hint="Drop --draft, or use --spec auto.",
+        )
+    if reproducible and chosen != "off":
+        if chosen == "always" or draft:
+            asked = "--draft" if draft else "--spec always"
+            raise UsageError(
+                f"{asked} cannot keep answers byte-reproducible (SOVCLI_REPRODUCIBLE is on): "
+                "verified drafts go through other llama.cpp kernels than plain steps",
+                hint="Set SOVCLI_REPRODUCIBLE=0 to use it (answers then depend on the batch), "
+                "or drop it.",
+            )
+        return "off"
+    return chosen
+
 
 @dataclass
 class DraftQuery:
